@@ -1,0 +1,157 @@
+//! The fd registry: which reader and which writer callback each descriptor has.
+//!
+//! Invariants:
+//! - a descriptor has an entry exactly while it has a reader or a writer (or both);
+//! - the [`Interest`] registered with the poller for a descriptor is always
+//!   [`Slot::interest`] of its entry; [`crate::selector::Selector`] keeps the two in step;
+//! - replaced and removed callbacks are returned to the caller, never dropped here.
+
+use crate::poller::Interest;
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+
+/// The callbacks of one descriptor.
+#[derive(Debug)]
+pub struct Slot<T> {
+    /// Runs when the descriptor is readable.
+    pub reader: Option<T>,
+    /// Runs when the descriptor is writable.
+    pub writer: Option<T>,
+}
+
+impl<T> Slot<T> {
+    /// What the poller must watch this descriptor for.
+    pub fn interest(&self) -> Interest {
+        Interest { readable: self.reader.is_some(), writable: self.writer.is_some() }
+    }
+}
+
+/// Which side of a descriptor a callback serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// `add_reader` / `remove_reader`.
+    Read,
+    /// `add_writer` / `remove_writer`.
+    Write,
+}
+
+/// How the poller registration of a descriptor must change after an update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The descriptor is new: register it with this interest.
+    Add(Interest),
+    /// The descriptor stays: change its interest.
+    Modify(Interest),
+    /// The descriptor has no callbacks left: deregister it.
+    Delete,
+    /// Nothing to tell the poller.
+    None,
+}
+
+/// Map from descriptor to its [`Slot`].
+#[derive(Debug)]
+pub struct Registry<T> {
+    slots: HashMap<RawFd, Slot<T>>,
+}
+
+impl<T> Default for Registry<T> {
+    fn default() -> Self {
+        Self { slots: HashMap::new() }
+    }
+}
+
+impl<T> Registry<T> {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of descriptors with at least one callback.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no descriptor is registered.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The callbacks of `fd`, if any.
+    pub fn get(&self, fd: RawFd) -> Option<&Slot<T>> {
+        self.slots.get(&fd)
+    }
+
+    /// Sets the `side` callback of `fd`; returns the one it replaces and the poller change.
+    pub fn set(&mut self, fd: RawFd, side: Side, item: T) -> (Option<T>, Change) {
+        match self.slots.get_mut(&fd) {
+            Some(slot) => {
+                let before = slot.interest();
+                let old = match side {
+                    Side::Read => slot.reader.replace(item),
+                    Side::Write => slot.writer.replace(item),
+                };
+                let after = slot.interest();
+                (old, if before == after { Change::None } else { Change::Modify(after) })
+            }
+            None => {
+                let slot = match side {
+                    Side::Read => Slot { reader: Some(item), writer: None },
+                    Side::Write => Slot { reader: None, writer: Some(item) },
+                };
+                let interest = slot.interest();
+                self.slots.insert(fd, slot);
+                (None, Change::Add(interest))
+            }
+        }
+    }
+
+    /// Removes the `side` callback of `fd`; returns it and the poller change.
+    pub fn remove(&mut self, fd: RawFd, side: Side) -> (Option<T>, Change) {
+        let Some(slot) = self.slots.get_mut(&fd) else {
+            return (None, Change::None);
+        };
+        let old = match side {
+            Side::Read => slot.reader.take(),
+            Side::Write => slot.writer.take(),
+        };
+        if old.is_none() {
+            return (None, Change::None);
+        }
+        let interest = slot.interest();
+        if interest.is_empty() {
+            self.slots.remove(&fd);
+            (old, Change::Delete)
+        } else {
+            (old, Change::Modify(interest))
+        }
+    }
+
+    /// Removes every entry (`close()`); the caller drops the callbacks.
+    pub fn drain_all(&mut self) -> Vec<T> {
+        let mut out = Vec::new();
+        for (_, slot) in self.slots.drain() {
+            out.extend(slot.reader);
+            out.extend(slot.writer);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_modify_delete_sequence() {
+        let mut r = Registry::new();
+        assert_eq!(r.set(5, Side::Read, 1), (None, Change::Add(Interest::READ)));
+        assert_eq!(r.set(5, Side::Read, 2), (Some(1), Change::None));
+        let both = Interest { readable: true, writable: true };
+        assert_eq!(r.set(5, Side::Write, 3), (None, Change::Modify(both)));
+        assert_eq!(r.remove(5, Side::Read), (Some(2), Change::Modify(Interest::WRITE)));
+        assert_eq!(r.remove(5, Side::Read), (None, Change::None));
+        assert_eq!(r.remove(5, Side::Write), (Some(3), Change::Delete));
+        assert!(r.is_empty());
+        assert_eq!(r.remove(9, Side::Write), (None, Change::None));
+    }
+}

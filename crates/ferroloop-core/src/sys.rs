@@ -1,0 +1,116 @@
+//! The one place where ferroloop-core talks to the operating system.
+//!
+//! Invariants:
+//! - every system call goes through [`syscall!`], which turns `-1` into [`std::io::Error`] with
+//!   the thread's `errno`;
+//! - descriptors the core creates are held as [`OwnedFd`], so they are closed exactly once, when
+//!   their owner drops;
+//! - descriptors that belong to the user (Python's `add_reader(fd, ...)`) are passed as plain
+//!   [`RawFd`] integers: the kernel validates them (EBADF), no memory is touched through them.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Runs a libc call and maps a `-1` result to the current `errno`.
+macro_rules! syscall {
+    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: every call site passes plain integers or pointers to live, correctly sized
+        // locals; the reason is restated at each call site.
+        let res = unsafe { libc::$fn($($arg),*) };
+        if res == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// Seconds on `CLOCK_MONOTONIC`: the same clock as Python's `time.monotonic()`.
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let _ = syscall!(clock_gettime(libc::CLOCK_MONOTONIC, &mut ts));
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Creates an epoll instance with close-on-exec set.
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    // A plain flag argument; no pointers.
+    let fd = syscall!(epoll_create1(libc::EPOLL_CLOEXEC))?;
+    // SAFETY: `fd` was just returned by epoll_create1 and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `epoll_ctl(epfd, op, fd, {events, data: token})`.
+pub fn epoll_ctl(epfd: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
+    // `ev` is a live local; `fd` is checked by the kernel (EBADF/EPERM), never dereferenced.
+    syscall!(epoll_ctl(epfd.as_raw_fd(), op, fd, &mut ev)).map(drop)
+}
+
+/// Waits for events; fills `buf` from the start and returns how many were written.
+/// `timeout_ms` of -1 blocks; 0 returns at once.
+pub fn epoll_wait(epfd: &OwnedFd, buf: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+    let cap = buf.len().min(i32::MAX as usize) as libc::c_int;
+    // `buf` is a writable slice of `cap` epoll_event structs that outlives the call.
+    let n = syscall!(epoll_wait(epfd.as_raw_fd(), buf.as_mut_ptr(), cap, timeout_ms))?;
+    Ok(n as usize)
+}
+
+/// Creates a non-blocking, close-on-exec eventfd with counter 0.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // Plain integer arguments.
+    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+    // SAFETY: `fd` was just returned by eventfd and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd counter (an 8-byte write, as eventfd requires).
+pub fn eventfd_signal(fd: &OwnedFd) -> io::Result<()> {
+    let one: u64 = 1;
+    // Writes the 8 bytes of a live local `u64`.
+    syscall!(write(fd.as_raw_fd(), (&one as *const u64).cast(), 8)).map(drop)
+}
+
+/// Resets an eventfd counter to zero; `WouldBlock` when it already was zero.
+pub fn eventfd_drain(fd: &OwnedFd) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    // Reads 8 bytes into a live, writable local `u64`.
+    syscall!(read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8))?;
+    Ok(value)
+}
+
+/// Whether `fd` is an open descriptor of this process (`fcntl(F_GETFD)` succeeds).
+pub fn fd_is_open(fd: RawFd) -> bool {
+    // F_GETFD only reads the descriptor flags; an invalid fd gives EBADF.
+    syscall!(fcntl(fd, libc::F_GETFD)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_advances() {
+        let a = monotonic();
+        let b = monotonic();
+        assert!(b >= a && a > 0.0);
+    }
+
+    #[test]
+    fn eventfd_signal_then_drain() {
+        let fd = eventfd().unwrap();
+        assert_eq!(eventfd_drain(&fd).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        eventfd_signal(&fd).unwrap();
+        eventfd_signal(&fd).unwrap();
+        assert_eq!(eventfd_drain(&fd).unwrap(), 2);
+    }
+
+    #[test]
+    fn epoll_ctl_on_bad_fd_is_ebadf() {
+        let ep = epoll_create().unwrap();
+        let err = epoll_ctl(&ep, libc::EPOLL_CTL_ADD, 1_000_000, libc::EPOLLIN as u32, 0).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        assert!(!fd_is_open(1_000_000));
+    }
+}

@@ -1,0 +1,499 @@
+//! `LoopCore`: the native base of `ferroloop.Loop`, mirroring the scheduling half of
+//! `asyncio.BaseEventLoop` and the fd half of `asyncio.selector_events.BaseSelectorEventLoop`.
+//!
+//! Invariants:
+//! - `LoopState` is borrowed only for pure-Rust steps (see the crate's ground rule); every
+//!   method that creates a Python object does so before borrowing, and every handle removed
+//!   from the state is dropped after the borrow ends;
+//! - after `close()`, `selector` and `waker` are `None` and the queues are empty: the epoll fd
+//!   and the eventfd are closed exactly once, by that drop;
+//! - `thread_id` is `Some` exactly while `run_forever` runs (asyncio's `is_running()`).
+
+use crate::errors::{loop_closed, os_error};
+use crate::handles::{Handle, NewHandle, TimerHandle};
+use crate::run_once;
+use ferroloop_core::clock;
+use ferroloop_core::poller::Events;
+use ferroloop_core::ready::ReadyQueue;
+use ferroloop_core::registry::Side;
+use ferroloop_core::selector::Selector;
+use ferroloop_core::timers::{TimerHeap, TimerItem};
+use ferroloop_core::waker::Waker;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+static LOOPS_CREATED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many ferroloop loops this process has created (proves the conformance run uses them).
+#[pyfunction]
+pub fn loops_created() -> usize {
+    LOOPS_CREATED.load(Ordering::Relaxed)
+}
+
+/// A timer in the heap: the base-class view of a `TimerHandle`.
+pub struct Scheduled(pub Py<Handle>);
+
+impl TimerItem for Scheduled {
+    #[inline]
+    fn is_cancelled(&self) -> bool {
+        self.0.get().is_cancelled()
+    }
+}
+
+/// Everything the loop mutates. Borrowed briefly, never across Python code.
+pub struct LoopState {
+    pub ready: ReadyQueue<Py<Handle>>,
+    /// The batch of the running iteration; kept here between iterations to reuse its buffer.
+    pub batch: VecDeque<Py<Handle>>,
+    pub timers: TimerHeap<Scheduled>,
+    pub selector: Option<Selector<Py<Handle>>>,
+    pub waker: Option<Arc<Waker>>,
+    /// The poller's event buffer; taken out while the loop waits without the state borrowed.
+    pub events: Option<Events>,
+    pub stopping: bool,
+    pub closed: bool,
+    pub debug: bool,
+    pub slow_callback_duration: f64,
+    pub thread_id: Option<Py<PyAny>>,
+    pub current_handle: Option<Py<PyAny>>,
+}
+
+/// The native base class of `ferroloop.Loop`.
+#[pyclass(subclass, module = "ferroloop._ferroloop")]
+pub struct LoopCore {
+    pub st: LoopState,
+}
+
+/// Converts an `add_reader` argument to a descriptor, as `selectors._fileobj_to_fd` does.
+fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if let Ok(fd) = obj.extract::<i64>() {
+        fd
+    } else {
+        let fileno = obj
+            .call_method0("fileno")
+            .and_then(|n| n.call_method0("__index__"))
+            .and_then(|n| n.extract::<i64>());
+        match fileno {
+            Ok(fd) => fd,
+            Err(_) => {
+                return Err(PyValueError::new_err(format!("Invalid file object: {}", obj.repr()?)))
+            }
+        }
+    };
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+/// `TypeError` for a non-callable, with `_check_callback`'s message.
+fn check_callable(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    if callback.is_callable() {
+        return Ok(());
+    }
+    Err(PyTypeError::new_err(format!(
+        "a callable object was expected by {method}(), got {}",
+        callback.repr()?
+    )))
+}
+
+impl LoopCore {
+    /// `_check_closed()` plus the callback checks: the callable check always (it is nearly free
+    /// here), and in debug mode asyncio's own `_check_thread`/`_check_callback`. Returns `debug`.
+    fn check_schedule(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<bool> {
+        let debug = {
+            let this = slf.borrow();
+            if this.st.closed {
+                return Err(loop_closed());
+            }
+            this.st.debug
+        };
+        if debug {
+            if check_thread {
+                slf.call_method0("_check_thread")?;
+            }
+            slf.call_method1("_check_callback", (callback, method))?;
+        } else {
+            check_callable(callback, method)?;
+        }
+        Ok(debug)
+    }
+
+    fn new_handle(
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> NewHandle {
+        NewHandle { callback: callback.clone().unbind(), args: args.clone().unbind(), context, debug }
+    }
+
+    fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>) -> PyResult<()> {
+        let mut this = slf.borrow_mut();
+        if this.st.closed {
+            return Err(loop_closed());
+        }
+        this.st.ready.push(handle.clone_ref(slf.py()));
+        Ok(())
+    }
+
+    fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let debug = Self::check_schedule(slf, callback, method, true)?;
+        let counter = slf.borrow().st.timers.cancel_counter().clone();
+        let (timer, base) =
+            Handle::new_timer(py, Self::new_handle(callback, args, context, debug), when, counter)?;
+        let mut this = slf.borrow_mut();
+        if this.st.closed {
+            return Err(loop_closed());
+        }
+        this.st.timers.push(when, crate::event_loop::Scheduled(base));
+        Ok(timer)
+    }
+
+    fn set_fd_callback(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        side: Side,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fd = fileobj_to_fd(fd)?;
+        let method = if side == Side::Read { "add_reader" } else { "add_writer" };
+        let debug = Self::check_schedule(slf, callback, method, false)?;
+        let handle = Handle::new_plain(py, Self::new_handle(callback, args, None, debug))?;
+        let replaced = {
+            let mut this = slf.borrow_mut();
+            let selector = this.st.selector.as_mut().ok_or_else(loop_closed)?;
+            selector.set(fd, side, handle).map_err(os_error)?
+        };
+        if let Some(old) = replaced {
+            Handle::cancel_py(old.bind(py))?;
+        }
+        Ok(())
+    }
+
+    fn remove_fd_callback(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+        let fd = fileobj_to_fd(fd)?;
+        let removed = {
+            let mut this = slf.borrow_mut();
+            match this.st.selector.as_mut() {
+                Some(selector) => selector.remove(fd, side),
+                None => return Ok(false),
+            }
+        };
+        match removed {
+            Some(handle) => {
+                Handle::cancel_py(handle.bind(slf.py()))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let selector = Selector::new().map_err(os_error)?;
+        let waker = Waker::new(selector.poller()).map_err(os_error)?;
+        LOOPS_CREATED.fetch_add(1, Ordering::Relaxed);
+        Ok(LoopCore {
+            st: LoopState {
+                ready: ReadyQueue::new(),
+                batch: VecDeque::new(),
+                timers: TimerHeap::new(),
+                selector: Some(selector),
+                waker: Some(Arc::new(waker)),
+                events: Some(Events::default()),
+                stopping: false,
+                closed: false,
+                debug: false,
+                slow_callback_duration: 0.1,
+                thread_id: None,
+                current_handle: None,
+            },
+        })
+    }
+
+    /// `loop.time()`: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        clock::now()
+    }
+
+    /// `loop.call_soon(callback, *args, context=None)`.
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let debug = Self::check_schedule(slf, callback, "call_soon", true)?;
+        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
+        Self::push_ready(slf, &handle)?;
+        Ok(handle)
+    }
+
+    /// `loop.call_soon_threadsafe(callback, *args, context=None)`: `call_soon` plus a wakeup of
+    /// a loop blocked in the poller. Other Python threads hold the GIL when they call this, so
+    /// the handle goes straight into the ready queue, in order, as in asyncio.
+    #[pyo3(signature = (callback, *args, context = None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let debug = Self::check_schedule(slf, callback, "call_soon_threadsafe", false)?;
+        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
+        Self::push_ready(slf, &handle)?;
+        Self::_write_to_self(slf);
+        Ok(handle)
+    }
+
+    /// `loop.call_later(delay, callback, *args, context=None)`.
+    #[pyo3(signature = (delay, callback, *args, context = None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = clock::now() + delay.extract::<f64>()?;
+        Self::schedule_at(slf, when, callback, args, context, "call_at")
+    }
+
+    /// `loop.call_at(when, callback, *args, context=None)`.
+    #[pyo3(signature = (when, callback, *args, context = None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when = when.extract::<f64>()?;
+        Self::schedule_at(slf, when, callback, args, context, "call_at")
+    }
+
+    /// `loop.add_reader(fd, callback, *args)`: level-triggered, as with `selectors`.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::set_fd_callback(slf, fd, Side::Read, callback, args)
+    }
+
+    /// `loop.remove_reader(fd)`: True if a reader was removed.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Side::Read)
+    }
+
+    /// `loop.add_writer(fd, callback, *args)`.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::set_fd_callback(slf, fd, Side::Write, callback, args)
+    }
+
+    /// `loop.remove_writer(fd)`: True if a writer was removed.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_fd_callback(slf, fd, Side::Write)
+    }
+
+    /// `loop.stop()`: `run_forever` returns after the current iteration.
+    fn stop(&mut self) {
+        self.st.stopping = true;
+    }
+
+    /// `loop.is_running()`.
+    fn is_running(&self) -> bool {
+        self.st.thread_id.is_some()
+    }
+
+    /// `loop.is_closed()`.
+    fn is_closed(&self) -> bool {
+        self.st.closed
+    }
+
+    /// `loop.get_debug()`.
+    fn get_debug(&self) -> bool {
+        self.st.debug
+    }
+
+    /// `BaseEventLoop._check_closed()`.
+    fn _check_closed(&self) -> PyResult<()> {
+        if self.st.closed {
+            Err(loop_closed())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `BaseEventLoop._write_to_self()`: wakes the loop if it is blocked in the poller.
+    fn _write_to_self(slf: &Bound<'_, Self>) {
+        let waker = slf.borrow().st.waker.clone();
+        if let Some(waker) = waker {
+            // Like asyncio, a failed wakeup write is not an error of the caller.
+            let _ = waker.wake();
+        }
+    }
+
+    /// `BaseEventLoop._run_once()`: one iteration (see `docs/design.md`).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        run_once::run_once(slf)
+    }
+
+    /// The `while True: _run_once(); if _stopping: break` part of `run_forever`, in Rust.
+    /// `_stopping` is reset when it returns, by stop or by exception, as in asyncio.
+    fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let result = loop {
+            if let Err(err) = run_once::run_once(slf) {
+                break Err(err);
+            }
+            if slf.borrow().st.stopping {
+                break Ok(());
+            }
+        };
+        slf.borrow_mut().st.stopping = false;
+        result
+    }
+
+    /// The native half of `close()`: empties the queues and closes the poller and the waker.
+    fn _close_core(slf: &Bound<'_, Self>) {
+        let (ready, batch, timers, registered, selector, waker) = {
+            let mut this = slf.borrow_mut();
+            let st = &mut this.st;
+            st.closed = true;
+            let registered = st.selector.as_mut().map(|s| s.drain_all()).unwrap_or_default();
+            (
+                st.ready.drain_all(),
+                std::mem::take(&mut st.batch),
+                st.timers.drain_all(),
+                registered,
+                st.selector.take(),
+                st.waker.take(),
+            )
+        };
+        for timer in &timers {
+            timer.0.get().set_unscheduled();
+        }
+        drop((ready, batch, timers, registered, selector, waker));
+    }
+
+    #[getter]
+    fn _closed(&self) -> bool {
+        self.st.closed
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.st.stopping
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_flag(&mut self, value: bool) {
+        self.st.stopping = value;
+    }
+
+    #[getter]
+    fn _debug(&self) -> bool {
+        self.st.debug
+    }
+
+    #[setter(_debug)]
+    fn set_debug_flag(&mut self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.st.debug = value.is_truthy()?;
+        Ok(())
+    }
+
+    #[getter]
+    fn slow_callback_duration(&self) -> f64 {
+        self.st.slow_callback_duration
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&mut self, value: f64) {
+        self.st.slow_callback_duration = value;
+    }
+
+    #[getter]
+    fn _thread_id(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.thread_id.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
+        let value = value.filter(|v| !v.is_none(slf.py()));
+        let old = std::mem::replace(&mut slf.borrow_mut().st.thread_id, value);
+        drop(old);
+    }
+
+    #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.current_handle.as_ref().map(|h| h.clone_ref(py))
+    }
+
+    #[getter]
+    fn _clock_resolution(&self) -> f64 {
+        clock::RESOLUTION
+    }
+
+    /// Descriptors the loop itself opened (epoll, eventfd); empty after `close()`.
+    fn _native_fds(&self) -> Vec<RawFd> {
+        let mut fds = Vec::new();
+        if let Some(selector) = &self.st.selector {
+            fds.push(selector.poller().as_raw_fd());
+        }
+        if let Some(waker) = &self.st.waker {
+            fds.push(waker.as_raw_fd());
+        }
+        fds
+    }
+
+    /// Counts for tests and debugging: (ready, scheduled timers, cancelled timers, fds).
+    fn _stats(&self) -> (usize, usize, usize, usize) {
+        let st = &self.st;
+        (
+            st.ready.len(),
+            st.timers.len(),
+            st.timers.cancelled_count(),
+            st.selector.as_ref().map_or(0, |s| s.len()),
+        )
+    }
+}

@@ -1,0 +1,306 @@
+//! `Handle` and `TimerHandle`: what `call_soon` / `call_later` return, mirroring
+//! `asyncio.events.Handle` and `asyncio.events.TimerHandle`.
+//!
+//! Invariants:
+//! - a handle is frozen (no PyO3 borrow flag): flags are atomics, and the only mutable part, the
+//!   callback and its arguments, sits behind a mutex that is never held while Python runs
+//!   (clones are taken under the lock, calls and drops happen after it is released);
+//! - `cancel()` clears the callback and arguments (as asyncio does, to break reference cycles)
+//!   and, for a timer still in the heap, reports itself to the heap's cancel counter once;
+//! - `scheduled` is true exactly while a timer sits in its loop's timer heap;
+//! - [`live_handles`] counts handles alive in this process, so tests can detect leaks.
+
+use crate::context;
+use crate::py_helpers;
+use ferroloop_core::timers::CancelCounter;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyFloat, PyTuple};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+static LIVE_HANDLES: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of `Handle`/`TimerHandle` objects alive in this process (for leak tests).
+#[pyfunction]
+pub fn live_handles() -> usize {
+    LIVE_HANDLES.load(Ordering::Relaxed)
+}
+
+/// The callback and its positional arguments.
+pub struct Payload {
+    pub callback: Py<PyAny>,
+    pub args: Py<PyTuple>,
+}
+
+/// Mirrors `asyncio.events.Handle`: a callback, its arguments and its context.
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
+pub struct Handle {
+    payload: Mutex<Option<Payload>>,
+    context: Py<PyAny>,
+    cancelled: AtomicBool,
+    /// Deadline of a timer; NaN for a plain handle.
+    when: f64,
+    scheduled: AtomicBool,
+    cancel_counter: Option<CancelCounter>,
+    source_traceback: Option<Py<PyAny>>,
+    /// In debug mode, `cancel()` keeps the repr as it was before the callback was cleared.
+    repr_cache: Mutex<Option<String>>,
+    debug: bool,
+}
+
+/// Mirrors `asyncio.events.TimerHandle`: a [`Handle`] with a deadline.
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
+pub struct TimerHandle;
+
+/// What a new handle needs, gathered by the loop method that creates it.
+pub struct NewHandle {
+    pub callback: Py<PyAny>,
+    pub args: Py<PyTuple>,
+    /// `None`: copy the current context, as asyncio does.
+    pub context: Option<Py<PyAny>>,
+    pub debug: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means a panic happened while it was held; the data is still whole.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Handle {
+    fn build(py: Python<'_>, new: NewHandle, when: f64, counter: Option<CancelCounter>) -> PyResult<Self> {
+        let context = match new.context {
+            Some(ctx) if !ctx.is_none(py) => ctx,
+            _ => context::copy_current(py)?,
+        };
+        let source_traceback = if new.debug { Some(py_helpers::extract_stack(py)?) } else { None };
+        LIVE_HANDLES.fetch_add(1, Ordering::Relaxed);
+        Ok(Handle {
+            payload: Mutex::new(Some(Payload { callback: new.callback, args: new.args })),
+            context,
+            cancelled: AtomicBool::new(false),
+            when,
+            scheduled: AtomicBool::new(counter.is_some()),
+            cancel_counter: counter,
+            source_traceback,
+            repr_cache: Mutex::new(None),
+            debug: new.debug,
+        })
+    }
+
+    /// A plain handle (`call_soon`, `add_reader`).
+    pub fn new_plain(py: Python<'_>, new: NewHandle) -> PyResult<Py<Handle>> {
+        Py::new(py, Self::build(py, new, f64::NAN, None)?)
+    }
+
+    /// A timer handle, marked as scheduled in the heap that owns `counter`.
+    pub fn new_timer(
+        py: Python<'_>,
+        new: NewHandle,
+        when: f64,
+        counter: CancelCounter,
+    ) -> PyResult<(Py<TimerHandle>, Py<Handle>)> {
+        let init = PyClassInitializer::from(Self::build(py, new, when, Some(counter))?)
+            .add_subclass(TimerHandle);
+        let timer = Bound::new(py, init)?;
+        let base = timer.clone().into_super().unbind();
+        Ok((timer.unbind(), base))
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The deadline given to `call_at`.
+    pub fn when(&self) -> f64 {
+        self.when
+    }
+
+    /// Marks a timer as no longer in the heap (popped as due, or dropped as cancelled).
+    pub fn set_unscheduled(&self) {
+        self.scheduled.store(false, Ordering::Relaxed);
+    }
+
+    pub fn source_traceback(&self) -> Option<&Py<PyAny>> {
+        self.source_traceback.as_ref()
+    }
+
+    /// New references to the callback and arguments, unless the handle was cancelled.
+    pub fn payload(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
+        lock(&self.payload).as_ref().map(|p| (p.callback.clone_ref(py), p.args.clone_ref(py)))
+    }
+
+    /// Runs the callback in the handle's context (`Handle._run` without the error reporting,
+    /// which the loop does). A cancelled handle does nothing.
+    #[inline]
+    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
+        match self.payload(py) {
+            Some((callback, args)) => {
+                context::run_in_context(py, &self.context, callback.bind(py), args.bind(py))
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn do_cancel(&self, py: Python<'_>, slf: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if self.debug {
+            let text = slf.repr()?.to_string();
+            *lock(&self.repr_cache) = Some(text);
+        }
+        if self.cancelled.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        if self.scheduled.load(Ordering::Relaxed) {
+            if let Some(counter) = &self.cancel_counter {
+                counter.note_cancelled();
+            }
+        }
+        let cleared = lock(&self.payload).take();
+        // Dropped outside the lock: releasing the callback may run arbitrary Python code.
+        drop(cleared);
+        let _ = py;
+        Ok(())
+    }
+
+    /// The parts of asyncio's `Handle._repr_info()`, with `when=` for timers.
+    fn repr_info(&self, py: Python<'_>, class_name: &str) -> PyResult<String> {
+        if let Some(text) = lock(&self.repr_cache).clone() {
+            return Ok(text);
+        }
+        let mut info = vec![class_name.to_owned()];
+        if self.is_cancelled() {
+            info.push("cancelled".to_owned());
+        }
+        if !self.when.is_nan() {
+            info.push(format!("when={}", PyFloat::new(py, self.when).repr()?));
+        }
+        if let Some((callback, args)) = self.payload(py) {
+            info.push(py_helpers::format_callback_source(py, callback.bind(py), args.bind(py))?);
+        }
+        if let Some(tb) = &self.source_traceback {
+            if let Ok(frame) = tb.bind(py).get_item(-1) {
+                let (file, line): (String, i64) =
+                    (frame.get_item(0)?.extract()?, frame.get_item(1)?.extract()?);
+                info.push(format!("created at {file}:{line}"));
+            }
+        }
+        Ok(format!("<{}>", info.join(" ")))
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        LIVE_HANDLES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl Handle {
+    /// `Handle.cancel()`: the callback will not run; its references are released.
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().do_cancel(slf.py(), slf.as_any())
+    }
+
+    /// `Handle.cancelled()`.
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    /// `Handle.get_context()`.
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.payload(py).map(|(cb, _)| cb)
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.payload(py).map(|(_, args)| args)
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        slf.get().repr_info(slf.py(), "Handle")
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    /// `TimerHandle.when()`: the absolute deadline on the loop's clock.
+    fn when(slf: &Bound<'_, Self>) -> f64 {
+        slf.as_super().get().when
+    }
+
+    #[getter]
+    fn _when(slf: &Bound<'_, Self>) -> f64 {
+        slf.as_super().get().when
+    }
+
+    #[getter]
+    fn _scheduled(slf: &Bound<'_, Self>) -> bool {
+        slf.as_super().get().scheduled.load(Ordering::Relaxed)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        slf.as_super().get().repr_info(slf.py(), "TimerHandle")
+    }
+
+    fn __hash__(slf: &Bound<'_, Self>) -> u64 {
+        slf.as_super().get().when.to_bits()
+    }
+
+    /// Timers compare by deadline, as asyncio's do.
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.as_super().get(), other.as_super().get());
+        let same = a.when == b.when
+            && a.is_cancelled() == b.is_cancelled()
+            && match (a.payload(py), b.payload(py)) {
+                (Some((ca, aa)), Some((cb, ab))) => {
+                    ca.bind(py).eq(cb.bind(py))? && aa.bind(py).eq(ab.bind(py))?
+                }
+                (None, None) => true,
+                _ => false,
+            };
+        let result = match op {
+            CompareOp::Lt => a.when < b.when,
+            CompareOp::Le => a.when < b.when || same,
+            CompareOp::Gt => a.when > b.when,
+            CompareOp::Ge => a.when > b.when || same,
+            CompareOp::Eq => same,
+            CompareOp::Ne => !same,
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+}
+
+impl Handle {
+    /// `handle.cancel()` from Rust (replaced or removed readers and writers).
+    pub fn cancel_py(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        slf.get().do_cancel(slf.py(), slf.as_any())
+    }
+}

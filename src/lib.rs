@@ -1,0 +1,32 @@
+//! `ferroloop._ferroloop`: the binding between Python and `ferroloop-core`.
+//!
+//! This crate only translates. It owns no scheduling logic of its own: the containers, the
+//! poller and the waker come from `ferroloop-core`; this crate fills them with Python handles and
+//! drives one iteration in [`run_once`]. The Python package (`python/ferroloop/`) puts the
+//! asyncio-facing `Loop` class on top of [`event_loop::LoopCore`].
+//!
+//! Ground rule of every module here: **no borrow of loop state is held while Python code may
+//! run** — and dropping a Python object counts as running Python code (`__del__`, weakref
+//! callbacks, the garbage collector). State is borrowed for pure-Rust steps only; handles that
+//! leave the state are dropped after the borrow ends.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod context;
+mod errors;
+mod event_loop;
+mod handles;
+mod py_helpers;
+mod run_once;
+
+use pyo3::prelude::*;
+
+/// The native module. Mirrors the private half of `asyncio.base_events`.
+#[pymodule]
+fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::LoopCore>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
+    m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;
+    Ok(())
+}
