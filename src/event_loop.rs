@@ -69,6 +69,25 @@ pub struct LoopCore {
     pub st: LoopState,
 }
 
+impl Drop for LoopCore {
+    /// A loop dropped without `close()` releases the callbacks of its pending handles, so a
+    /// handle the user still holds cannot keep a reference cycle alive.
+    fn drop(&mut self) {
+        let st = &mut self.st;
+        for handle in st.ready.drain_all().iter().chain(st.batch.iter()) {
+            handle.get().release();
+        }
+        for timer in st.timers.drain_all() {
+            timer.0.get().release();
+        }
+        if let Some(selector) = st.selector.as_mut() {
+            for handle in selector.drain_all() {
+                handle.get().release();
+            }
+        }
+    }
+}
+
 /// Converts an `add_reader` argument to a descriptor, as `selectors._fileobj_to_fd` does.
 fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if let Ok(fd) = obj.extract::<i64>() {
@@ -135,7 +154,13 @@ impl LoopCore {
         context: Option<Py<PyAny>>,
         debug: bool,
     ) -> NewHandle {
-        NewHandle { callback: callback.clone().unbind(), args: args.clone().unbind(), context, debug }
+        NewHandle {
+            callback: callback.clone().unbind(),
+            args: args.clone().unbind(),
+            context,
+            debug,
+            oneshot: true,
+        }
     }
 
     fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>) -> PyResult<()> {
@@ -179,7 +204,8 @@ impl LoopCore {
         let fd = fileobj_to_fd(fd)?;
         let method = if side == Side::Read { "add_reader" } else { "add_writer" };
         let debug = Self::check_schedule(slf, callback, method, false)?;
-        let handle = Handle::new_plain(py, Self::new_handle(callback, args, None, debug))?;
+        let new = NewHandle { oneshot: false, ..Self::new_handle(callback, args, None, debug) };
+        let handle = Handle::new_plain(py, new)?;
         let replaced = {
             let mut this = slf.borrow_mut();
             let selector = this.st.selector.as_mut().ok_or_else(loop_closed)?;
@@ -412,6 +438,10 @@ impl LoopCore {
         };
         for timer in &timers {
             timer.0.get().set_unscheduled();
+            timer.0.get().release();
+        }
+        for handle in ready.iter().chain(batch.iter()).chain(registered.iter()) {
+            handle.get().release();
         }
         drop((ready, batch, timers, registered, selector, waker));
     }

@@ -8,6 +8,12 @@
 //! - `cancel()` clears the callback and arguments (as asyncio does, to break reference cycles)
 //!   and, for a timer still in the heap, reports itself to the heap's cancel counter once;
 //! - `scheduled` is true exactly while a timer sits in its loop's timer heap;
+//! - a one-shot handle (`call_soon`, `call_later`, `call_at`) gives up its callback and
+//!   arguments when it runs, and every handle gives them up when cancelled or when its loop
+//!   closes or is dropped. A handle therefore holds its callback only while the loop holds the
+//!   handle, which is what lets handles stay outside the cyclic garbage collector (they are
+//!   untracked at creation): a cycle through a pending handle is alive anyway, and a handle
+//!   that ran or was cancelled references nothing that could form one;
 //! - [`live_handles`] counts handles alive in this process, so tests can detect leaks.
 
 use crate::context;
@@ -47,6 +53,8 @@ pub struct Handle {
     /// In debug mode, `cancel()` keeps the repr as it was before the callback was cleared.
     repr_cache: Mutex<Option<String>>,
     debug: bool,
+    /// Runs once (`call_soon`, timers) rather than on every readiness (`add_reader`).
+    oneshot: bool,
 }
 
 /// Mirrors `asyncio.events.TimerHandle`: a [`Handle`] with a deadline.
@@ -60,6 +68,23 @@ pub struct NewHandle {
     /// `None`: copy the current context, as asyncio does.
     pub context: Option<Py<PyAny>>,
     pub debug: bool,
+    /// False for `add_reader`/`add_writer` handles, which run on every readiness.
+    pub oneshot: bool,
+}
+
+/// A callback that raised: the exception and what was called.
+pub struct Failure {
+    pub err: PyErr,
+    pub callback: Py<PyAny>,
+    pub args: Py<PyTuple>,
+}
+
+/// Takes a new handle out of the cyclic GC's lists (see the module's invariants).
+fn untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: `obj` is a live object of a GC type (PyO3 gives every pyclass Py_TPFLAGS_HAVE_GC)
+    // that was tracked when it was allocated; untracking is idempotent, and PyO3's dealloc
+    // untracks again safely.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,12 +110,15 @@ impl Handle {
             source_traceback,
             repr_cache: Mutex::new(None),
             debug: new.debug,
+            oneshot: new.oneshot,
         })
     }
 
     /// A plain handle (`call_soon`, `add_reader`).
     pub fn new_plain(py: Python<'_>, new: NewHandle) -> PyResult<Py<Handle>> {
-        Py::new(py, Self::build(py, new, f64::NAN, None)?)
+        let handle = Py::new(py, Self::build(py, new, f64::NAN, None)?)?;
+        untrack(handle.bind(py).as_any());
+        Ok(handle)
     }
 
     /// A timer handle, marked as scheduled in the heap that owns `counter`.
@@ -103,6 +131,7 @@ impl Handle {
         let init = PyClassInitializer::from(Self::build(py, new, when, Some(counter))?)
             .add_subclass(TimerHandle);
         let timer = Bound::new(py, init)?;
+        untrack(timer.as_any());
         let base = timer.clone().into_super().unbind();
         Ok((timer.unbind(), base))
     }
@@ -132,15 +161,38 @@ impl Handle {
     }
 
     /// Runs the callback in the handle's context (`Handle._run` without the error reporting,
-    /// which the loop does). A cancelled handle does nothing.
+    /// which the loop does). A one-shot handle gives up its callback and arguments first; a
+    /// cancelled handle does nothing. On error, the callback and arguments come back with the
+    /// exception, for the message asyncio puts in the exception handler's context.
+    /// With `keep`, a one-shot handle keeps them until [`Handle::finish`] (debug mode formats
+    /// the handle after the call).
     #[inline]
-    pub fn run(&self, py: Python<'_>) -> PyResult<()> {
-        match self.payload(py) {
-            Some((callback, args)) => {
-                context::run_in_context(py, &self.context, callback.bind(py), args.bind(py))
-            }
-            None => Ok(()),
+    pub fn run(&self, py: Python<'_>, keep: bool) -> Result<(), Failure> {
+        let payload = if self.oneshot && !keep {
+            lock(&self.payload).take().map(|p| (p.callback, p.args))
+        } else {
+            self.payload(py)
+        };
+        let Some((callback, args)) = payload else {
+            return Ok(());
+        };
+        match context::run_in_context(py, &self.context, callback.bind(py), args.bind(py)) {
+            Ok(()) => Ok(()),
+            Err(err) => Err(Failure { err, callback, args }),
         }
+    }
+
+    /// After `run(py, keep = true)`: a one-shot handle now gives up its callback.
+    pub fn finish(&self) {
+        if self.oneshot {
+            self.release();
+        }
+    }
+
+    /// Releases the callback and arguments without cancelling (the loop closed or dropped).
+    pub fn release(&self) {
+        let cleared = lock(&self.payload).take();
+        drop(cleared);
     }
 
     fn do_cancel(&self, py: Python<'_>, slf: &Bound<'_, PyAny>) -> PyResult<()> {

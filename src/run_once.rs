@@ -13,7 +13,7 @@
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
-use crate::handles::Handle;
+use crate::handles::{Failure, Handle};
 use crate::py_helpers;
 use ferroloop_core::clock;
 use ferroloop_core::registry::Side;
@@ -133,12 +133,14 @@ fn poll_and_collect(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
         }
         st.events = Some(evs);
     }
-    let end_time = clock::now() + clock::RESOLUTION;
-    let ready = &mut st.ready;
-    st.timers.pop_due(end_time, |timer| {
-        timer.0.get().set_unscheduled();
-        ready.push(timer.0);
-    });
+    if !st.timers.is_empty() {
+        let end_time = clock::now() + clock::RESOLUTION;
+        let ready = &mut st.ready;
+        st.timers.pop_due(end_time, |timer| {
+            timer.0.get().set_unscheduled();
+            ready.push(timer.0);
+        });
+    }
     drop(this);
     drop(dropped);
     Ok(())
@@ -156,13 +158,14 @@ fn run_batch(
         if h.is_cancelled() {
             continue;
         }
-        let result = if debug { run_debug(slf, &handle) } else { h.run(py) };
-        if let Err(err) = result {
+        let result = if debug { run_debug(slf, &handle)? } else { h.run(py, false) };
+        if let Err(failure) = result {
+            let err = &failure.err;
             if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
             {
-                return Err(err);
+                return Err(failure.err);
             }
-            report_callback_error(slf, &handle, err)?;
+            report_callback_error(slf, &handle, failure)?;
         }
     }
     Ok(())
@@ -170,12 +173,15 @@ fn run_batch(
 
 /// Debug mode: `_current_handle` is set while the callback runs, and a callback slower than
 /// `slow_callback_duration` is logged as asyncio logs it.
-fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Py<Handle>) -> PyResult<()> {
+fn run_debug(
+    slf: &Bound<'_, LoopCore>,
+    handle: &Py<Handle>,
+) -> PyResult<Result<(), Failure>> {
     let py = slf.py();
     let previous = slf.borrow_mut().st.current_handle.replace(handle.clone_ref(py).into_any());
     drop(previous);
     let t0 = clock::now();
-    let result = handle.get().run(py);
+    let result = handle.get().run(py, true);
     let dt = clock::now() - t0;
     let old = slf.borrow_mut().st.current_handle.take();
     drop(old);
@@ -184,19 +190,20 @@ fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Py<Handle>) -> PyResult<()> {
         let text = py_helpers::format_handle(py, handle.bind(py).as_any())?;
         py_helpers::log_slow_callback(py, text, dt)?;
     }
-    result
+    handle.get().finish();
+    Ok(result)
 }
 
 /// `Handle._run`'s error path: the exception goes to `loop.call_exception_handler`.
-fn report_callback_error(slf: &Bound<'_, LoopCore>, handle: &Py<Handle>, err: PyErr) -> PyResult<()> {
+fn report_callback_error(
+    slf: &Bound<'_, LoopCore>,
+    handle: &Py<Handle>,
+    failure: Failure,
+) -> PyResult<()> {
     let py = slf.py();
     let h = handle.get();
-    let source = match h.payload(py) {
-        Some((callback, args)) => {
-            py_helpers::format_callback_source(py, callback.bind(py), args.bind(py))?
-        }
-        None => "None".to_owned(),
-    };
+    let Failure { err, callback, args } = failure;
+    let source = py_helpers::format_callback_source(py, callback.bind(py), args.bind(py))?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {source}"))?;
     context.set_item("exception", err.into_value(py))?;
