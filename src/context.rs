@@ -27,7 +27,11 @@ pub fn run_in_context(
     if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
         return Err(PyErr::fetch(py));
     }
-    let result = if args.is_empty() { callback.call0() } else { callback.call1(args) };
+    let result = if args.is_empty() {
+        callback.call0()
+    } else {
+        callback.call1(args)
+    };
     // SAFETY: GIL held; the context was entered just above by this thread and is still alive
     // (we hold a reference), so exiting it cannot fail.
     let _ = unsafe { ffi::PyContext_Exit(context.as_ptr()) };

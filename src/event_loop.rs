@@ -100,12 +100,17 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         match fileno {
             Ok(fd) => fd,
             Err(_) => {
-                return Err(PyValueError::new_err(format!("Invalid file object: {}", obj.repr()?)))
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    obj.repr()?
+                )))
             }
         }
     };
     if fd < 0 {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     RawFd::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
 }
@@ -183,13 +188,19 @@ impl LoopCore {
         let py = slf.py();
         let debug = Self::check_schedule(slf, callback, method, true)?;
         let counter = slf.borrow().st.timers.cancel_counter().clone();
-        let (timer, base) =
-            Handle::new_timer(py, Self::new_handle(callback, args, context, debug), when, counter)?;
+        let (timer, base) = Handle::new_timer(
+            py,
+            Self::new_handle(callback, args, context, debug),
+            when,
+            counter,
+        )?;
         let mut this = slf.borrow_mut();
         if this.st.closed {
             return Err(loop_closed());
         }
-        this.st.timers.push(when, crate::event_loop::Scheduled(base));
+        this.st
+            .timers
+            .push(when, crate::event_loop::Scheduled(base));
         Ok(timer)
     }
 
@@ -202,9 +213,16 @@ impl LoopCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let fd = fileobj_to_fd(fd)?;
-        let method = if side == Side::Read { "add_reader" } else { "add_writer" };
+        let method = if side == Side::Read {
+            "add_reader"
+        } else {
+            "add_writer"
+        };
         let debug = Self::check_schedule(slf, callback, method, false)?;
-        let new = NewHandle { oneshot: false, ..Self::new_handle(callback, args, None, debug) };
+        let new = NewHandle {
+            oneshot: false,
+            ..Self::new_handle(callback, args, None, debug)
+        };
         let handle = Handle::new_plain(py, new)?;
         let replaced = {
             let mut this = slf.borrow_mut();
@@ -217,7 +235,11 @@ impl LoopCore {
         Ok(())
     }
 
-    fn remove_fd_callback(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+    fn remove_fd_callback(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        side: Side,
+    ) -> PyResult<bool> {
         let fd = fileobj_to_fd(fd)?;
         let removed = {
             let mut this = slf.borrow_mut();
@@ -426,7 +448,11 @@ impl LoopCore {
             let mut this = slf.borrow_mut();
             let st = &mut this.st;
             st.closed = true;
-            let registered = st.selector.as_mut().map(|s| s.drain_all()).unwrap_or_default();
+            let registered = st
+                .selector
+                .as_mut()
+                .map(|s| s.drain_all())
+                .unwrap_or_default();
             (
                 st.ready.drain_all(),
                 std::mem::take(&mut st.batch),

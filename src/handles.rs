@@ -93,15 +93,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Handle {
-    fn build(py: Python<'_>, new: NewHandle, when: f64, counter: Option<CancelCounter>) -> PyResult<Self> {
+    fn build(
+        py: Python<'_>,
+        new: NewHandle,
+        when: f64,
+        counter: Option<CancelCounter>,
+    ) -> PyResult<Self> {
         let context = match new.context {
             Some(ctx) if !ctx.is_none(py) => ctx,
             _ => context::copy_current(py)?,
         };
-        let source_traceback = if new.debug { Some(py_helpers::extract_stack(py)?) } else { None };
+        let source_traceback = if new.debug {
+            Some(py_helpers::extract_stack(py)?)
+        } else {
+            None
+        };
         LIVE_HANDLES.fetch_add(1, Ordering::Relaxed);
         Ok(Handle {
-            payload: Mutex::new(Some(Payload { callback: new.callback, args: new.args })),
+            payload: Mutex::new(Some(Payload {
+                callback: new.callback,
+                args: new.args,
+            })),
             context,
             cancelled: AtomicBool::new(false),
             when,
@@ -157,7 +169,9 @@ impl Handle {
 
     /// New references to the callback and arguments, unless the handle was cancelled.
     pub fn payload(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
-        lock(&self.payload).as_ref().map(|p| (p.callback.clone_ref(py), p.args.clone_ref(py)))
+        lock(&self.payload)
+            .as_ref()
+            .map(|p| (p.callback.clone_ref(py), p.args.clone_ref(py)))
     }
 
     /// Runs the callback in the handle's context (`Handle._run` without the error reporting,
@@ -178,7 +192,11 @@ impl Handle {
         };
         match context::run_in_context(py, &self.context, callback.bind(py), args.bind(py)) {
             Ok(()) => Ok(()),
-            Err(err) => Err(Failure { err, callback, args }),
+            Err(err) => Err(Failure {
+                err,
+                callback,
+                args,
+            }),
         }
     }
 
@@ -231,7 +249,11 @@ impl Handle {
             info.push(format!("when={}", PyFloat::new(py, self.when).repr()?));
         }
         if let Some((callback, args)) = self.payload(py) {
-            info.push(py_helpers::format_callback_source(py, callback.bind(py), args.bind(py))?);
+            info.push(py_helpers::format_callback_source(
+                py,
+                callback.bind(py),
+                args.bind(py),
+            )?);
         }
         if let Some(tb) = &self.source_traceback {
             if let Ok(frame) = tb.bind(py).get_item(-1) {
@@ -323,7 +345,11 @@ impl TimerHandle {
     }
 
     /// Timers compare by deadline, as asyncio's do.
-    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: CompareOp) -> PyResult<Py<PyAny>> {
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
@@ -346,7 +372,10 @@ impl TimerHandle {
             CompareOp::Eq => same,
             CompareOp::Ne => !same,
         };
-        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 }
 

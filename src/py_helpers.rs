@@ -29,24 +29,43 @@ pub fn format_callback_source(
     callback: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
 ) -> PyResult<String> {
-    let f = cached(py, &FORMAT_CALLBACK_SOURCE, "asyncio.format_helpers", "_format_callback_source")?;
+    let f = cached(
+        py,
+        &FORMAT_CALLBACK_SOURCE,
+        "asyncio.format_helpers",
+        "_format_callback_source",
+    )?;
     f.call1((callback, args))?.extract()
 }
 
 /// `asyncio.base_events._format_handle(handle)`: the task's repr for task steps.
 pub fn format_handle(py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<String> {
-    cached(py, &FORMAT_HANDLE, "asyncio.base_events", "_format_handle")?.call1((handle,))?.extract()
+    cached(py, &FORMAT_HANDLE, "asyncio.base_events", "_format_handle")?
+        .call1((handle,))?
+        .extract()
 }
 
 /// `format_helpers.extract_stack(sys._getframe(0))`: where a handle was created, for debug mode.
 /// Called from Rust, frame 0 is the Python code that called the loop method.
 pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     let frame = cached(py, &GETFRAME, "sys", "_getframe")?.call1((0,))?;
-    Ok(cached(py, &EXTRACT_STACK, "asyncio.format_helpers", "extract_stack")?.call1((frame,))?.unbind())
+    Ok(cached(
+        py,
+        &EXTRACT_STACK,
+        "asyncio.format_helpers",
+        "extract_stack",
+    )?
+    .call1((frame,))?
+    .unbind())
 }
 
 /// `asyncio.log.logger.warning('Executing %s took %.3f seconds', handle_text, seconds)`.
 pub fn log_slow_callback(py: Python<'_>, handle_text: String, seconds: f64) -> PyResult<()> {
     let logger = cached(py, &LOGGER, "asyncio.log", "logger")?;
-    logger.call_method1("warning", ("Executing %s took %.3f seconds", handle_text, seconds)).map(drop)
+    logger
+        .call_method1(
+            "warning",
+            ("Executing %s took %.3f seconds", handle_text, seconds),
+        )
+        .map(drop)
 }

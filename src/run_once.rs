@@ -158,10 +158,15 @@ fn run_batch(
         if h.is_cancelled() {
             continue;
         }
-        let result = if debug { run_debug(slf, &handle)? } else { h.run(py, false) };
+        let result = if debug {
+            run_debug(slf, &handle)?
+        } else {
+            h.run(py, false)
+        };
         if let Err(failure) = result {
             let err = &failure.err;
-            if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+            if err.is_instance_of::<PyKeyboardInterrupt>(py)
+                || err.is_instance_of::<PySystemExit>(py)
             {
                 return Err(failure.err);
             }
@@ -173,12 +178,13 @@ fn run_batch(
 
 /// Debug mode: `_current_handle` is set while the callback runs, and a callback slower than
 /// `slow_callback_duration` is logged as asyncio logs it.
-fn run_debug(
-    slf: &Bound<'_, LoopCore>,
-    handle: &Py<Handle>,
-) -> PyResult<Result<(), Failure>> {
+fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Py<Handle>) -> PyResult<Result<(), Failure>> {
     let py = slf.py();
-    let previous = slf.borrow_mut().st.current_handle.replace(handle.clone_ref(py).into_any());
+    let previous = slf
+        .borrow_mut()
+        .st
+        .current_handle
+        .replace(handle.clone_ref(py).into_any());
     drop(previous);
     let t0 = clock::now();
     let result = handle.get().run(py, true);
@@ -202,7 +208,11 @@ fn report_callback_error(
 ) -> PyResult<()> {
     let py = slf.py();
     let h = handle.get();
-    let Failure { err, callback, args } = failure;
+    let Failure {
+        err,
+        callback,
+        args,
+    } = failure;
     let source = py_helpers::format_callback_source(py, callback.bind(py), args.bind(py))?;
     let context = PyDict::new(py);
     context.set_item("message", format!("Exception in callback {source}"))?;
@@ -211,5 +221,6 @@ fn report_callback_error(
     if let Some(tb) = h.source_traceback() {
         context.set_item("source_traceback", tb)?;
     }
-    slf.call_method1("call_exception_handler", (context,)).map(drop)
+    slf.call_method1("call_exception_handler", (context,))
+        .map(drop)
 }

@@ -22,7 +22,10 @@ pub struct Slot<T> {
 impl<T> Slot<T> {
     /// What the poller must watch this descriptor for.
     pub fn interest(&self) -> Interest {
-        Interest { readable: self.reader.is_some(), writable: self.writer.is_some() }
+        Interest {
+            readable: self.reader.is_some(),
+            writable: self.writer.is_some(),
+        }
     }
 }
 
@@ -56,7 +59,9 @@ pub struct Registry<T> {
 
 impl<T> Default for Registry<T> {
     fn default() -> Self {
-        Self { slots: HashMap::new() }
+        Self {
+            slots: HashMap::new(),
+        }
     }
 }
 
@@ -91,12 +96,25 @@ impl<T> Registry<T> {
                     Side::Write => slot.writer.replace(item),
                 };
                 let after = slot.interest();
-                (old, if before == after { Change::None } else { Change::Modify(after) })
+                (
+                    old,
+                    if before == after {
+                        Change::None
+                    } else {
+                        Change::Modify(after)
+                    },
+                )
             }
             None => {
                 let slot = match side {
-                    Side::Read => Slot { reader: Some(item), writer: None },
-                    Side::Write => Slot { reader: None, writer: Some(item) },
+                    Side::Read => Slot {
+                        reader: Some(item),
+                        writer: None,
+                    },
+                    Side::Write => Slot {
+                        reader: None,
+                        writer: Some(item),
+                    },
                 };
                 let interest = slot.interest();
                 self.slots.insert(fd, slot);
@@ -146,9 +164,15 @@ mod tests {
         let mut r = Registry::new();
         assert_eq!(r.set(5, Side::Read, 1), (None, Change::Add(Interest::READ)));
         assert_eq!(r.set(5, Side::Read, 2), (Some(1), Change::None));
-        let both = Interest { readable: true, writable: true };
+        let both = Interest {
+            readable: true,
+            writable: true,
+        };
         assert_eq!(r.set(5, Side::Write, 3), (None, Change::Modify(both)));
-        assert_eq!(r.remove(5, Side::Read), (Some(2), Change::Modify(Interest::WRITE)));
+        assert_eq!(
+            r.remove(5, Side::Read),
+            (Some(2), Change::Modify(Interest::WRITE))
+        );
         assert_eq!(r.remove(5, Side::Read), (None, Change::None));
         assert_eq!(r.remove(5, Side::Write), (Some(3), Change::Delete));
         assert!(r.is_empty());

@@ -24,7 +24,10 @@ pub struct Selector<T> {
 impl<T> Selector<T> {
     /// A selector over a new poller.
     pub fn new() -> io::Result<Self> {
-        Ok(Self { poller: Arc::new(Poller::new()?), registry: Registry::new() })
+        Ok(Self {
+            poller: Arc::new(Poller::new()?),
+            registry: Registry::new(),
+        })
     }
 
     /// The poller, shared so that the loop can wait on it without borrowing the selector.
@@ -161,7 +164,10 @@ mod tests {
         assert_eq!(ready_list(&sel, &events), vec![(Side::Write, 2)]);
         a.write_all(b"x").unwrap();
         sel.poller().wait(&mut events, 0).unwrap();
-        assert_eq!(ready_list(&sel, &events), vec![(Side::Read, 1), (Side::Write, 2)]);
+        assert_eq!(
+            ready_list(&sel, &events),
+            vec![(Side::Read, 1), (Side::Write, 2)]
+        );
         assert_eq!(sel.remove(fd, Side::Write), Some(2));
         sel.poller().wait(&mut events, 0).unwrap();
         assert_eq!(ready_list(&sel, &events), vec![(Side::Read, 1)]);

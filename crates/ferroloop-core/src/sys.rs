@@ -27,7 +27,10 @@ macro_rules! syscall {
 
 /// Seconds on `CLOCK_MONOTONIC`: the same clock as Python's `time.monotonic()`.
 pub fn monotonic() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
     let _ = syscall!(clock_gettime(libc::CLOCK_MONOTONIC, &mut ts));
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
@@ -42,7 +45,13 @@ pub fn epoll_create() -> io::Result<OwnedFd> {
 }
 
 /// `epoll_ctl(epfd, op, fd, {events, data: token})`.
-pub fn epoll_ctl(epfd: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+pub fn epoll_ctl(
+    epfd: &OwnedFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    token: u64,
+) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: token };
     // `ev` is a live local; `fd` is checked by the kernel (EBADF/EPERM), never dereferenced.
     syscall!(epoll_ctl(epfd.as_raw_fd(), op, fd, &mut ev)).map(drop)
@@ -50,10 +59,19 @@ pub fn epoll_ctl(epfd: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, token:
 
 /// Waits for events; fills `buf` from the start and returns how many were written.
 /// `timeout_ms` of -1 blocks; 0 returns at once.
-pub fn epoll_wait(epfd: &OwnedFd, buf: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+pub fn epoll_wait(
+    epfd: &OwnedFd,
+    buf: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
     let cap = buf.len().min(i32::MAX as usize) as libc::c_int;
     // `buf` is a writable slice of `cap` epoll_event structs that outlives the call.
-    let n = syscall!(epoll_wait(epfd.as_raw_fd(), buf.as_mut_ptr(), cap, timeout_ms))?;
+    let n = syscall!(epoll_wait(
+        epfd.as_raw_fd(),
+        buf.as_mut_ptr(),
+        cap,
+        timeout_ms
+    ))?;
     Ok(n as usize)
 }
 
@@ -100,7 +118,10 @@ mod tests {
     #[test]
     fn eventfd_signal_then_drain() {
         let fd = eventfd().unwrap();
-        assert_eq!(eventfd_drain(&fd).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            eventfd_drain(&fd).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         eventfd_signal(&fd).unwrap();
         eventfd_signal(&fd).unwrap();
         assert_eq!(eventfd_drain(&fd).unwrap(), 2);
@@ -109,7 +130,8 @@ mod tests {
     #[test]
     fn epoll_ctl_on_bad_fd_is_ebadf() {
         let ep = epoll_create().unwrap();
-        let err = epoll_ctl(&ep, libc::EPOLL_CTL_ADD, 1_000_000, libc::EPOLLIN as u32, 0).unwrap_err();
+        let err =
+            epoll_ctl(&ep, libc::EPOLL_CTL_ADD, 1_000_000, libc::EPOLLIN as u32, 0).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         assert!(!fd_is_open(1_000_000));
     }

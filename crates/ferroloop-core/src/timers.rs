@@ -48,7 +48,9 @@ impl CancelCounter {
         // Saturating: a count can only be reported once per handle, but never underflow.
         let _ = self
             .0
-            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| n.checked_sub(1));
+            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |n| {
+                n.checked_sub(1)
+            });
     }
 
     fn reset(&self) {
@@ -64,7 +66,9 @@ struct Entry<T> {
 
 impl<T> Entry<T> {
     fn key_cmp(&self, other: &Self) -> Ordering {
-        self.when.total_cmp(&other.when).then(self.seq.cmp(&other.seq))
+        self.when
+            .total_cmp(&other.when)
+            .then(self.seq.cmp(&other.seq))
     }
 }
 
@@ -95,7 +99,11 @@ pub struct TimerHeap<T> {
 
 impl<T: TimerItem> Default for TimerHeap<T> {
     fn default() -> Self {
-        Self { heap: BinaryHeap::new(), next_seq: 0, cancelled: CancelCounter::default() }
+        Self {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            cancelled: CancelCounter::default(),
+        }
     }
 }
 
@@ -146,8 +154,9 @@ impl<T: TimerItem> TimerHeap<T> {
         if len > MIN_SCHEDULED_TIMERS
             && self.cancelled.get() as f64 / len as f64 > MIN_CANCELLED_FRACTION
         {
-            let (keep, gone): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut self.heap).into_iter().partition(|e| !e.item.is_cancelled());
+            let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heap)
+                .into_iter()
+                .partition(|e| !e.item.is_cancelled());
             self.heap = BinaryHeap::from(keep);
             removed.extend(gone.into_iter().map(|e| e.item));
             self.cancelled.reset();
@@ -177,7 +186,10 @@ impl<T: TimerItem> TimerHeap<T> {
     /// Removes everything (`close()`); the caller drops the items.
     pub fn drain_all(&mut self) -> Vec<T> {
         self.cancelled.reset();
-        std::mem::take(&mut self.heap).into_iter().map(|e| e.item).collect()
+        std::mem::take(&mut self.heap)
+            .into_iter()
+            .map(|e| e.item)
+            .collect()
     }
 
     /// Checks the heap property and the sequence numbering; panics with a reason if broken.
@@ -185,11 +197,20 @@ impl<T: TimerItem> TimerHeap<T> {
         let entries = self.heap.as_slice();
         for (i, e) in entries.iter().enumerate().skip(1) {
             let parent = &entries[(i - 1) / 2];
-            assert!(parent.key_cmp(e) != Ordering::Greater, "heap order broken at index {i}");
+            assert!(
+                parent.key_cmp(e) != Ordering::Greater,
+                "heap order broken at index {i}"
+            );
         }
-        assert!(entries.iter().all(|e| e.seq < self.next_seq), "sequence number from the future");
+        assert!(
+            entries.iter().all(|e| e.seq < self.next_seq),
+            "sequence number from the future"
+        );
         let cancelled = entries.iter().filter(|e| e.item.is_cancelled()).count();
-        assert!(self.cancelled.get() <= entries.len().max(cancelled), "cancel count too large");
+        assert!(
+            self.cancelled.get() <= entries.len().max(cancelled),
+            "cancel count too large"
+        );
     }
 }
 

@@ -34,7 +34,11 @@ impl Waker {
     pub fn new(poller: &Poller) -> io::Result<Self> {
         let fd = sys::eventfd()?;
         poller.add(fd.as_raw_fd(), WAKER_TOKEN, Interest::READ)?;
-        Ok(Self { fd, sleeping: AtomicBool::new(false), pending: AtomicBool::new(false) })
+        Ok(Self {
+            fd,
+            sleeping: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+        })
     }
 
     /// The eventfd (for tests that count open descriptors).

@@ -30,7 +30,10 @@ impl Default for Events {
 impl Events {
     /// A buffer for up to `capacity` reports per wait.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self { buf: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)], len: 0 }
+        Self {
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)],
+            len: 0,
+        }
     }
 
     /// The reports of the last wait.
@@ -75,7 +78,9 @@ fn epoll_bits(interest: Interest) -> u32 {
 impl Poller {
     /// A new epoll instance (close-on-exec).
     pub fn new() -> io::Result<Self> {
-        Ok(Self { epfd: sys::epoll_create()? })
+        Ok(Self {
+            epfd: sys::epoll_create()?,
+        })
     }
 
     /// The epoll descriptor itself (for tests that count open descriptors).
@@ -85,12 +90,24 @@ impl Poller {
 
     /// Starts watching `fd`.
     pub fn add(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        sys::epoll_ctl(&self.epfd, libc::EPOLL_CTL_ADD, fd, epoll_bits(interest), token)
+        sys::epoll_ctl(
+            &self.epfd,
+            libc::EPOLL_CTL_ADD,
+            fd,
+            epoll_bits(interest),
+            token,
+        )
     }
 
     /// Changes what `fd` is watched for.
     pub fn modify(&self, fd: RawFd, token: u64, interest: Interest) -> io::Result<()> {
-        sys::epoll_ctl(&self.epfd, libc::EPOLL_CTL_MOD, fd, epoll_bits(interest), token)
+        sys::epoll_ctl(
+            &self.epfd,
+            libc::EPOLL_CTL_MOD,
+            fd,
+            epoll_bits(interest),
+            token,
+        )
     }
 
     /// Stops watching `fd`.
@@ -124,7 +141,14 @@ mod tests {
         for _ in 0..3 {
             poller.wait(&mut events, 0).unwrap();
             let evs: Vec<_> = events.iter().collect();
-            assert_eq!(evs, vec![Event { token: 7, readable: true, writable: false }]);
+            assert_eq!(
+                evs,
+                vec![Event {
+                    token: 7,
+                    readable: true,
+                    writable: false
+                }]
+            );
         }
         let mut buf = [0u8; 2];
         b.read_exact(&mut buf).unwrap();

@@ -29,9 +29,15 @@ pub struct Interest {
 
 impl Interest {
     /// Readable only.
-    pub const READ: Interest = Interest { readable: true, writable: false };
+    pub const READ: Interest = Interest {
+        readable: true,
+        writable: false,
+    };
     /// Writable only.
-    pub const WRITE: Interest = Interest { readable: false, writable: true };
+    pub const WRITE: Interest = Interest {
+        readable: false,
+        writable: true,
+    };
 
     /// Whether this waits for nothing.
     pub fn is_empty(self) -> bool {

@@ -19,7 +19,10 @@ impl TimerItem for Timer {
 }
 
 fn timer(id: usize) -> Timer {
-    Timer { id, cancelled: Rc::new(Cell::new(false)) }
+    Timer {
+        id,
+        cancelled: Rc::new(Cell::new(false)),
+    }
 }
 
 fn fire_due(heap: &mut TimerHeap<Timer>, now: f64) -> Vec<usize> {
