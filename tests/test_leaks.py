@@ -1,0 +1,175 @@
+"""Handle / memory / file-descriptor leak checks."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+
+BATCHES = 100
+BATCH_SIZE = 10_000  # BATCHES * BATCH_SIZE = one million cycles
+HANDLE_SLACK = 128  # cancelled timers a loop may legitimately keep until its next compaction
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _noop(*args):
+    pass
+
+
+def _run_pending(loop):
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def _batch(loop, n):
+    call_soon = loop.call_soon
+    call_later = loop.call_later
+    for i in range(n):
+        call_soon(_noop, i)
+        call_later(3600, _noop, i).cancel()
+        call_later(0, _noop)
+    # Run the batch: the call_soon and expired call_later callbacks fire, the cancelled far
+    # timers are dropped (compaction).
+    _run_pending(loop)
+    _run_pending(loop)
+
+
+def test_million_cycles_no_handle_or_memory_growth(ferroloop_mod):
+    native = ferroloop_mod._ferroloop
+    gc.collect()
+    handles_before_loop = native.live_handles()
+    loop = ferroloop_mod.new_event_loop()
+    try:
+        loop.set_debug(False)  # debug mode keeps a creation traceback per handle
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+
+        for _ in range(5):  # warm-up: allocator pools, internal queue capacity
+            _batch(loop, BATCH_SIZE)
+        gc.collect()
+        handles_base = native.live_handles()
+        rss_base = _rss_bytes()
+
+        peak_handles = handles_base
+        for _ in range(BATCHES):
+            _batch(loop, BATCH_SIZE)
+            peak_handles = max(peak_handles, native.live_handles())
+        gc.collect()
+        handles_end = native.live_handles()
+        rss_end = _rss_bytes()
+
+        assert errors == []
+        assert handles_end - handles_base <= HANDLE_SLACK, (handles_base, handles_end)
+        # Bounded by one batch in flight, not by the total number of cycles.
+        assert peak_handles - handles_base <= 3 * BATCH_SIZE + HANDLE_SLACK, peak_handles
+        growth = rss_end - rss_base
+        assert growth < 20 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB"
+    finally:
+        loop.close()
+    del loop
+    gc.collect()
+    assert native.live_handles() == handles_before_loop
+
+
+def test_closed_loop_releases_all_handles(ferroloop_mod):
+    native = ferroloop_mod._ferroloop
+    gc.collect()
+    base = native.live_handles()
+    loop = ferroloop_mod.new_event_loop()
+    for i in range(1000):
+        loop.call_soon(_noop, i)
+        loop.call_later(3600 + i, _noop, i)
+    assert native.live_handles() >= base + 2000
+    loop.close()
+    del loop
+    gc.collect()
+    assert native.live_handles() == base
+
+
+def test_cancelled_far_timers_are_compacted_while_running(ferroloop_mod):
+    native = ferroloop_mod._ferroloop
+    loop = ferroloop_mod.new_event_loop()
+    try:
+        loop.set_debug(False)
+        gc.collect()
+        base = native.live_handles()
+        for _ in range(10):
+            for i in range(5000):
+                loop.call_later(3600, _noop, i).cancel()
+            _run_pending(loop)
+        _run_pending(loop)
+        gc.collect()
+        assert native.live_handles() - base <= HANDLE_SLACK
+    finally:
+        loop.close()
+
+
+def _exercise(loop):
+    """Use the loop's timers, wakeup channel, executor and fd watching, then close it."""
+    a, b = socket.socketpair()
+    try:
+        got = []
+
+        async def main():
+            loop.add_reader(a.fileno(), lambda: got.append(a.recv(10)))
+            await loop.run_in_executor(None, b.send, b"x")
+            loop.call_soon_threadsafe(lambda: None)
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.005)
+            loop.remove_reader(a.fileno())
+            return got
+
+        assert loop.run_until_complete(main()) == [b"x"]
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_close_closes_every_fd(loop_factory):
+    gc.collect()
+    before = _open_fds()
+    for _ in range(3):
+        loop = loop_factory()
+        _exercise(loop)
+        loop.close()
+        assert loop.is_closed()
+        del loop
+    after_close = _open_fds()
+    gc.collect()
+    after_gc = _open_fds()
+    assert after_close - before == set(), "fds left open by close()"
+    assert after_gc - before == set()
+
+
+def test_many_loops_do_not_leak_fds(loop_factory):
+    gc.collect()
+    before = _open_fds()
+    for _ in range(50):
+        loop_factory().close()
+    assert _open_fds() - before == set()
+
+
+def test_unclosed_loop_gc(loop_factory, recwarn):
+    # A loop dropped without close() must not crash; its fds are released at GC (asyncio warns
+    # with ResourceWarning and closes itself in __del__).
+    gc.collect()
+    before = _open_fds()
+    loop = loop_factory()
+    for i in range(2000):
+        loop.call_soon(_noop, i)
+    del loop
+    gc.collect()
+    assert _open_fds() - before == set()
