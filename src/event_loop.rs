@@ -11,6 +11,7 @@
 
 use crate::errors::{loop_closed, os_error};
 use crate::handles::{Handle, NewHandle, TimerHandle};
+use crate::py_helpers;
 use crate::run_once;
 use ferroloop_core::clock;
 use ferroloop_core::poller::Events;
@@ -20,8 +21,9 @@ use ferroloop_core::selector::Selector;
 use ferroloop_core::timers::{TimerHeap, TimerItem};
 use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,6 +63,8 @@ pub struct LoopState {
     pub slow_callback_duration: f64,
     pub thread_id: Option<Py<PyAny>>,
     pub current_handle: Option<Py<PyAny>>,
+    /// `loop._task_factory`, read by `create_task` on every call.
+    pub task_factory: Option<Py<PyAny>>,
 }
 
 /// The native base class of `ferroloop.Loop`.
@@ -280,6 +284,7 @@ impl LoopCore {
                 slow_callback_duration: 0.1,
                 thread_id: None,
                 current_handle: None,
+                task_factory: None,
             },
         })
     }
@@ -315,8 +320,15 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let debug = Self::check_schedule(slf, callback, "call_soon_threadsafe", false)?;
         let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        Self::push_ready(slf, &handle)?;
-        Self::_write_to_self(slf);
+        let mut this = slf.borrow_mut();
+        if this.st.closed {
+            return Err(loop_closed());
+        }
+        this.st.ready.push(handle.clone_ref(slf.py()));
+        if let Some(waker) = &this.st.waker {
+            // Like asyncio's `_write_to_self`, a failed wakeup write is not the caller's error.
+            let _ = waker.wake();
+        }
         Ok(handle)
     }
 
@@ -350,6 +362,78 @@ impl LoopCore {
         }
         let when = when.extract::<f64>()?;
         Self::schedule_at(slf, when, callback, args, context, "call_at")
+    }
+
+    /// `loop.create_task(coro, *, name=None, context=None)`, as `BaseEventLoop.create_task`.
+    #[pyo3(signature = (coro, *, name = None, context = None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let (factory, debug) = {
+            let this = slf.borrow();
+            if this.st.closed {
+                return Err(loop_closed());
+            }
+            (
+                this.st.task_factory.as_ref().map(|f| f.clone_ref(py)),
+                this.st.debug,
+            )
+        };
+        let tasks = py_helpers::tasks_module(py)?;
+        let context = context.filter(|c| !c.is_none());
+        match factory {
+            None => {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "loop"), slf)?;
+                if let Some(name) = name {
+                    kwargs.set_item(intern!(py, "name"), name)?;
+                }
+                if let Some(context) = context {
+                    kwargs.set_item(intern!(py, "context"), context)?;
+                }
+                let task = tasks
+                    .getattr(intern!(py, "Task"))?
+                    .call((coro,), Some(&kwargs))?;
+                if debug {
+                    let tb = task.getattr(intern!(py, "_source_traceback"))?;
+                    if tb.is_truthy()? {
+                        tb.del_item(-1)?;
+                    }
+                }
+                Ok(task)
+            }
+            Some(factory) => {
+                let factory = factory.bind(py);
+                let task = match context {
+                    None => factory.call1((slf, coro))?,
+                    Some(context) => {
+                        let kwargs = PyDict::new(py);
+                        kwargs.set_item(intern!(py, "context"), context)?;
+                        factory.call((slf, coro), Some(&kwargs))?
+                    }
+                };
+                tasks
+                    .getattr(intern!(py, "_set_task_name"))?
+                    .call1((&task, name))?;
+                Ok(task)
+            }
+        }
+    }
+
+    #[getter]
+    fn _task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.task_factory.as_ref().map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
+        let value = value.filter(|v| !v.is_none(slf.py()));
+        let old = std::mem::replace(&mut slf.borrow_mut().st.task_factory, value);
+        drop(old);
     }
 
     /// `loop.add_reader(fd, callback, *args)`: level-triggered, as with `selectors`.
@@ -414,9 +498,8 @@ impl LoopCore {
     }
 
     /// `BaseEventLoop._write_to_self()`: wakes the loop if it is blocked in the poller.
-    fn _write_to_self(slf: &Bound<'_, Self>) {
-        let waker = slf.borrow().st.waker.clone();
-        if let Some(waker) = waker {
+    fn _write_to_self(&self) {
+        if let Some(waker) = &self.st.waker {
             // Like asyncio, a failed wakeup write is not an error of the caller.
             let _ = waker.wake();
         }

@@ -12,6 +12,7 @@ static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GETFRAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TASKS_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn cached<'py>(
     py: Python<'py>,
@@ -68,4 +69,12 @@ pub fn log_slow_callback(py: Python<'_>, handle_text: String, seconds: f64) -> P
             ("Executing %s took %.3f seconds", handle_text, seconds),
         )
         .map(drop)
+}
+
+/// `asyncio.tasks`, whose `Task` and `_set_task_name` are looked up at each use (tests and
+/// libraries patch `asyncio.tasks.Task`).
+pub fn tasks_module(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    TASKS_MODULE
+        .get_or_try_init(py, || Ok(py.import("asyncio.tasks")?.into_any().unbind()))
+        .map(|m| m.bind(py).clone())
 }

@@ -25,7 +25,7 @@ else:
 ALLOW_MISSING = os.environ.get("FERROLOOP_ALLOW_MISSING") == "1"
 LOOP_KINDS = ["asyncio", "ferroloop"]
 # Hard per-test watchdog: a hung event loop must not hang CI forever.
-WATCHDOG_SECONDS = 90
+WATCHDOG_SECONDS = 60
 
 
 def require_ferroloop():

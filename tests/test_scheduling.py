@@ -82,9 +82,11 @@ def test_stop_before_run_forever_runs_one_iteration(loop):
         loop.call_soon(calls.append, "b")
 
     loop.call_soon(a)
+    guard = loop.call_later(2, loop.stop)  # only matters if the early stop() is lost
     loop.stop()
     t0 = time.monotonic()
     loop.run_forever()
+    guard.cancel()
     assert calls == ["a"]
     assert time.monotonic() - t0 < 1.0
     # The stop request was consumed: the next run_forever runs until stopped again.
@@ -95,10 +97,12 @@ def test_stop_before_run_forever_runs_one_iteration(loop):
 
 def test_stop_before_run_forever_does_not_wait_for_timers(loop):
     fired = []
-    loop.call_later(30, fired.append, 1)
+    loop.call_later(3, fired.append, 1)
+    guard = loop.call_later(3.1, loop.stop)  # only matters if the early stop() is lost
     loop.stop()
     t0 = time.monotonic()
     loop.run_forever()
+    guard.cancel()
     assert time.monotonic() - t0 < 1.0
     assert fired == []
 
@@ -517,7 +521,7 @@ def test_timer_scheduled_while_running_after_cancellations(loop):
 
 def test_call_soon_threadsafe_wakes_sleeping_loop(loop):
     calls = []
-    guard = loop.call_later(30, loop.stop)  # the loop would otherwise sleep ~30 s
+    guard = loop.call_later(5, loop.stop)  # the loop would otherwise sleep 5 s
     started = threading.Event()
 
     def in_thread():

@@ -224,7 +224,7 @@ class Target:
         asyncio.set_event_loop_policy(self.policy_cls())
 
 
-def patch_test_utils(log) -> None:
+def patch_test_utils() -> None:
     """test_utils.TestCase.close_loop reads ``loop._default_executor`` (a private
     attribute of BaseEventLoop).  For a loop without it, do the same cleanup through the
     public API instead; loops that have the attribute keep the original code."""
@@ -476,7 +476,7 @@ def child_main(args) -> int:
 
     target = Target(args.target)
     target.redirect_policy()
-    patch_test_utils(sys.stderr)
+    patch_test_utils()
 
     import importlib
 
@@ -515,15 +515,22 @@ def child_main(args) -> int:
             continue
         tests.append(t)
 
-    state = {"test": None, "since": 0.0}
+    hang_patterns = json.loads(Path(args.hang_file).read_text()) if args.hang_file else []
+
+    def limit_for(tid: str) -> float:
+        if any(fnmatch.fnmatchcase(tid, p) for p in hang_patterns):
+            return min(args.hang_timeout, args.test_timeout)
+        return args.test_timeout
+
+    state = {"test": None, "since": 0.0, "limit": args.test_timeout}
 
     def watchdog():
         while True:
             time.sleep(1.0)
             with lock:
-                current, since = state["test"], state["since"]
-            if current is not None and time.monotonic() - since > args.test_timeout:
-                msg = f"hung: no result after {args.test_timeout:.0f} s (killed by watchdog)"
+                current, since, limit = state["test"], state["since"], state["limit"]
+            if current is not None and time.monotonic() - since > limit:
+                msg = f"hung: no result after {limit:.0f} s (killed by watchdog)"
                 emit(ev="result", id=current, outcome=ERROR, detail=msg, hang=True, ferro=0)
                 sys.stderr.write(f"\n*** {current}: {msg}; thread stacks:\n")
                 faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
@@ -558,7 +565,7 @@ def child_main(args) -> int:
             self._loops_at_start = target.loops_created()
             self._t0 = time.monotonic()
             with lock:
-                state["test"], state["since"] = tid, self._t0
+                state["test"], state["since"], state["limit"] = tid, self._t0, limit_for(tid)
             emit(ev="start", id=tid)
 
         def stopTest(self, test):
@@ -611,12 +618,14 @@ def child_main(args) -> int:
 
     result = Result()
     unittest.TestSuite(tests).run(result)
+    import gc
+
+    gc.collect()
     emit(ev="done", loops=target.loops_created(), live_handles=target.live_handles())
     out.close()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Skip interpreter teardown: a crash there is not a test's fault and is reported
-    # separately by running with PYTHONDEVMODE if needed.
+    # Every outcome is recorded; skip interpreter teardown (nothing left to report).
     os._exit(0)
 
 
@@ -673,6 +682,10 @@ def run_child(
         f = workdir / f"{module}.{tag}.skip.json"
         f.write_text(json.dumps(sorted(skip)))
         cmd += ["--skip-file", str(f)]
+    if args.hang_patterns:
+        f = workdir / f"{module}.hang.json"
+        f.write_text(json.dumps(args.hang_patterns))
+        cmd += ["--hang-file", str(f), "--hang-timeout", str(args.hang_timeout)]
     if only is not None:
         f = workdir / f"{module}.{tag}.only.json"
         f.write_text(json.dumps(sorted(only)))
@@ -796,7 +809,7 @@ class Verdict:
     on_loop: int = 0  # passed tests that created at least one target loop
 
 
-def classify(runs, expected, not_applicable, use_lists):
+def classify(runs, expected, not_applicable, use_lists, target_name):
     """Returns (verdicts per module, problems: list of (kind, text))."""
     verdicts: dict[str, Verdict] = {}
     problems: list[tuple[str, str, str]] = []  # (kind, id, text)
@@ -806,6 +819,11 @@ def classify(runs, expected, not_applicable, use_lists):
             t = run.tests[tid]
             if t.outcome == SKIP:
                 v.skipped += 1
+                if use_lists:
+                    # A listed test skipped here is not stale (skips depend on the host).
+                    for e in (find_entry(not_applicable, tid), find_entry(expected, tid)):
+                        if e is not None:
+                            e.matched += [tid, "!skip"]
                 continue
             bad = t.outcome in BAD
             na = find_entry(not_applicable, tid) if use_lists else None
@@ -833,6 +851,7 @@ def classify(runs, expected, not_applicable, use_lists):
                     v.xfailed += 1
                     xf.matched.append("!fail")
                 elif xf.is_glob:
+                    xf.matched.append("!pass")
                     v.passed += 1
                     v.on_loop += t.ferro > 0
                 else:
@@ -851,7 +870,7 @@ def classify(runs, expected, not_applicable, use_lists):
             problems.append(("module", run.name, run.problem))
         elif run.info.expect_loops and run.loops == 0:
             problems.append(
-                ("module", run.name, f"created no {args_target_name} loop: redirection failed")
+                ("module", run.name, f"created no {target_name} loop: redirection failed")
             )
     # Stale entries: exact ids that did not run, globs with no failing match.
     if use_lists:
@@ -863,12 +882,9 @@ def classify(runs, expected, not_applicable, use_lists):
                 real = [m for m in e.matched if not m.startswith("!")]
                 if not real:
                     problems.append(("stale", e.pattern, f"{e.source}: matches no test that ran"))
-                elif e.is_glob and "!fail" not in e.matched:
+                elif e.is_glob and "!fail" not in e.matched and "!pass" in e.matched:
                     problems.append(("stale", e.pattern, f"{e.source}: every matching test passes"))
     return verdicts, problems
-
-
-args_target_name = "ferroloop"
 
 
 def first_lines(text: str, limit: int) -> str:
@@ -884,8 +900,6 @@ def key_line(detail: str) -> str:
 
 
 def parent_main(args) -> int:
-    global args_target_name
-    args_target_name = args.target
     started = time.monotonic()
     available = discover_modules()
     if not available:
@@ -910,6 +924,9 @@ def parent_main(args) -> int:
     use_lists = args.target == "ferroloop" or args.apply_lists
     expected = load_entries(Path(args.expected_file))
     not_applicable = load_entries(Path(args.not_applicable_file))
+
+    # Listed tests known to hang get a short watchdog limit instead of --test-timeout.
+    args.hang_patterns = [e.pattern for e in expected if "[hang]" in e.reason] if use_lists else []
 
     wanted = args.module or available
     unknown = [m for m in wanted if m not in available]
@@ -963,7 +980,7 @@ def parent_main(args) -> int:
                 flush=True,
             )
     runs.sort(key=lambda r: r.name)
-    verdicts, problems = classify(runs, expected, not_applicable, use_lists)
+    verdicts, problems = classify(runs, expected, not_applicable, use_lists, args.target)
 
     # Details.
     flaky = [(r.name, t) for r in runs for t in r.tests.values() if t.flaky]
@@ -1038,6 +1055,27 @@ def parent_main(args) -> int:
         print("lists: ignored for --target asyncio (see --apply-lists)")
     print(f"wall time {time.monotonic() - started:.0f} s; logs in {workdir}")
     failed = tot.failed + stale + module_failures
+    if args.json:
+        report = {
+            "target": args.target,
+            "passed": tot.passed,
+            "failed": failed,
+            "modules": {
+                r.name: {
+                    "loops_created": r.loops,
+                    "live_handles": r.live_handles,
+                    "problem": r.problem,
+                    "seconds": round(r.secs, 1),
+                    "tests": {
+                        t.id: {"outcome": t.outcome, "flaky": t.flaky, "ferroloop_loops": t.ferro}
+                        for t in sorted(r.tests.values(), key=lambda t: t.id)
+                    },
+                }
+                for r in runs
+            },
+            "problems": [{"kind": k, "id": i, "detail": d} for k, i, d in problems],
+        }
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print(f"{tot.passed} passed, {failed} failed")
     return 1 if failed else 0
 
@@ -1049,21 +1087,31 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", "-j", type=int, default=2, help="parallel modules (default 2)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per module")
     p.add_argument("--test-timeout", type=float, default=60.0, help="seconds per test")
+    p.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=10.0,
+        help="seconds per test for expected failures marked [hang] (default 10)",
+    )
     p.add_argument("--max-restarts", type=int, default=10, help="resumes after crash/hang")
     p.add_argument("--update-expected", action="store_true", help="print list changes")
     p.add_argument("--no-retry", action="store_true", help="do not rerun new failures once")
     p.add_argument("--expected-file", default=str(EXPECTED_FILE), help=argparse.SUPPRESS)
-    p.add_argument("--not-applicable-file", default=str(NOT_APPLICABLE_FILE), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--not-applicable-file", default=str(NOT_APPLICABLE_FILE), help=argparse.SUPPRESS
+    )
     p.add_argument(
         "--apply-lists", action="store_true", help="apply the lists with --target asyncio too"
     )
     p.add_argument("--log-dir", help="where child logs go (default: a new temp dir)")
+    p.add_argument("--json", help="also write per-test outcomes to this JSON file")
     p.add_argument("-v", "--verbose", action="store_true")
     # Internal: run one module in this process.
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--skip-file", help=argparse.SUPPRESS)
     p.add_argument("--only-file", help=argparse.SUPPRESS)
+    p.add_argument("--hang-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.module:
         args.module = [m if m.startswith("test_") else f"test_{m}" for m in args.module]
