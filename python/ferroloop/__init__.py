@@ -1,9 +1,9 @@
 """ferroloop: a drop-in asyncio event loop with a Rust engine.
 
-    import ferroloop
-    ferroloop.run(main())                    # like asyncio.run
-    asyncio.Runner(loop_factory=ferroloop.new_event_loop)
-    ferroloop.install()                      # make asyncio.new_event_loop() return ferroloop loops
+import ferroloop
+ferroloop.run(main())                    # like asyncio.run
+asyncio.Runner(loop_factory=ferroloop.new_event_loop)
+ferroloop.install()                      # make asyncio.new_event_loop() return ferroloop loops
 """
 
 from __future__ import annotations
