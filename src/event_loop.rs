@@ -2,7 +2,8 @@
 //! `asyncio.BaseEventLoop` and the fd half of `asyncio.selector_events.BaseSelectorEventLoop`.
 //!
 //! Invariants:
-//! - `LoopState` is borrowed only for pure-Rust steps (see the crate's ground rule); every
+//! - `LoopState` lives in a [`GilCell`] and is entered only for pure-Rust steps (see the
+//!   crate's ground rule); every
 //!   method that creates a Python object does so before borrowing, and every handle removed
 //!   from the state is dropped after the borrow ends;
 //! - after `close()`, `selector` and `waker` are `None` and the queues are empty: the epoll fd
@@ -10,6 +11,7 @@
 //! - `thread_id` is `Some` exactly while `run_forever` runs (asyncio's `is_running()`).
 
 use crate::errors::{loop_closed, os_error};
+use crate::gil_cell::GilCell;
 use crate::handles::{Handle, NewHandle, TimerHandle};
 use crate::py_helpers;
 use crate::run_once;
@@ -68,26 +70,30 @@ pub struct LoopState {
 }
 
 /// The native base class of `ferroloop.Loop`.
-#[pyclass(subclass, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
-    pub st: LoopState,
+    st: GilCell<LoopState>,
 }
 
 impl Drop for LoopCore {
     /// A loop dropped without `close()` releases the callbacks of its pending handles, so a
     /// handle the user still holds cannot keep a reference cycle alive.
     fn drop(&mut self) {
-        let st = &mut self.st;
-        for handle in st.ready.drain_all().iter().chain(st.batch.iter()) {
-            handle.get().release();
-        }
-        for timer in st.timers.drain_all() {
-            timer.0.get().release();
-        }
+        let st = self.st.get_mut();
+        let mut handles: Vec<Py<Handle>> = st.ready.drain_all().into_iter().collect();
+        handles.extend(st.batch.drain(..));
+        handles.extend(st.timers.drain_all().into_iter().map(|timer| timer.0));
         if let Some(selector) = st.selector.as_mut() {
-            for handle in selector.drain_all() {
-                handle.get().release();
-            }
+            handles.extend(selector.drain_all());
+        }
+        if !handles.is_empty() {
+            // Deallocation runs with the GIL held; `attach` only hands us the token.
+            Python::attach(|py| {
+                for handle in &handles {
+                    handle.get().set_unscheduled();
+                    handle.get().release(py);
+                }
+            });
         }
     }
 }
@@ -131,6 +137,12 @@ fn check_callable(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
 }
 
 impl LoopCore {
+    /// Runs `f` on the loop state (pure Rust only: see [`GilCell::with`]).
+    #[inline]
+    pub fn state<R>(slf: &Bound<'_, Self>, f: impl FnOnce(&mut LoopState) -> R) -> PyResult<R> {
+        slf.get().st.with(slf.py(), f)
+    }
+
     /// `_check_closed()` plus the callback checks: the callable check always (it is nearly free
     /// here), and in debug mode asyncio's own `_check_thread`/`_check_callback`. Returns `debug`.
     fn check_schedule(
@@ -139,13 +151,10 @@ impl LoopCore {
         method: &str,
         check_thread: bool,
     ) -> PyResult<bool> {
-        let debug = {
-            let this = slf.borrow();
-            if this.st.closed {
-                return Err(loop_closed());
-            }
-            this.st.debug
-        };
+        let (closed, debug) = Self::state(slf, |st| (st.closed, st.debug))?;
+        if closed {
+            return Err(loop_closed());
+        }
         if debug {
             if check_thread {
                 slf.call_method0("_check_thread")?;
@@ -172,13 +181,29 @@ impl LoopCore {
         }
     }
 
-    fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>) -> PyResult<()> {
-        let mut this = slf.borrow_mut();
-        if this.st.closed {
-            return Err(loop_closed());
+    /// Queues `handle`; with `wake`, also wakes a loop blocked in the poller.
+    fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>, wake: bool) -> PyResult<()> {
+        let queued = handle.clone_ref(slf.py());
+        let rejected = Self::state(slf, |st| {
+            if st.closed {
+                return Some(queued);
+            }
+            st.ready.push(queued);
+            if wake {
+                if let Some(waker) = &st.waker {
+                    // Like asyncio's `_write_to_self`, a failed wakeup is not the caller's error.
+                    let _ = waker.wake();
+                }
+            }
+            None
+        })?;
+        match rejected {
+            Some(handle) => {
+                drop(handle);
+                Err(loop_closed())
+            }
+            None => Ok(()),
         }
-        this.st.ready.push(handle.clone_ref(slf.py()));
-        Ok(())
     }
 
     fn schedule_at(
@@ -191,21 +216,28 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let debug = Self::check_schedule(slf, callback, method, true)?;
-        let counter = slf.borrow().st.timers.cancel_counter().clone();
+        let counter = Self::state(slf, |st| st.timers.cancel_counter().clone())?;
         let (timer, base) = Handle::new_timer(
             py,
             Self::new_handle(callback, args, context, debug),
             when,
             counter,
         )?;
-        let mut this = slf.borrow_mut();
-        if this.st.closed {
-            return Err(loop_closed());
+        let rejected = Self::state(slf, |st| {
+            if st.closed {
+                return Some(base);
+            }
+            st.timers.push(when, Scheduled(base));
+            None
+        })?;
+        match rejected {
+            Some(base) => {
+                base.get().set_unscheduled();
+                drop(base);
+                Err(loop_closed())
+            }
+            None => Ok(timer),
         }
-        this.st
-            .timers
-            .push(when, crate::event_loop::Scheduled(base));
-        Ok(timer)
     }
 
     fn set_fd_callback(
@@ -228,12 +260,12 @@ impl LoopCore {
             ..Self::new_handle(callback, args, None, debug)
         };
         let handle = Handle::new_plain(py, new)?;
-        let replaced = {
-            let mut this = slf.borrow_mut();
-            let selector = this.st.selector.as_mut().ok_or_else(loop_closed)?;
-            selector.set(fd, side, handle).map_err(os_error)?
-        };
-        if let Some(old) = replaced {
+        // On failure the new handle comes back and is dropped after the state is released.
+        let outcome = Self::state(slf, |st| match st.selector.as_mut() {
+            Some(selector) => selector.set(fd, side, handle).map_err(os_error),
+            None => Err(loop_closed()),
+        })?;
+        if let Some(old) = outcome? {
             Handle::cancel_py(old.bind(py))?;
         }
         Ok(())
@@ -245,13 +277,9 @@ impl LoopCore {
         side: Side,
     ) -> PyResult<bool> {
         let fd = fileobj_to_fd(fd)?;
-        let removed = {
-            let mut this = slf.borrow_mut();
-            match this.st.selector.as_mut() {
-                Some(selector) => selector.remove(fd, side),
-                None => return Ok(false),
-            }
-        };
+        let removed = Self::state(slf, |st| {
+            st.selector.as_mut().and_then(|sel| sel.remove(fd, side))
+        })?;
         match removed {
             Some(handle) => {
                 Handle::cancel_py(handle.bind(slf.py()))?;
@@ -271,7 +299,7 @@ impl LoopCore {
         let waker = Waker::new(selector.poller()).map_err(os_error)?;
         LOOPS_CREATED.fetch_add(1, Ordering::Relaxed);
         Ok(LoopCore {
-            st: LoopState {
+            st: GilCell::new(LoopState {
                 ready: ReadyQueue::new(),
                 batch: VecDeque::new(),
                 timers: TimerHeap::new(),
@@ -285,7 +313,7 @@ impl LoopCore {
                 thread_id: None,
                 current_handle: None,
                 task_factory: None,
-            },
+            }),
         })
     }
 
@@ -304,7 +332,7 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let debug = Self::check_schedule(slf, callback, "call_soon", true)?;
         let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        Self::push_ready(slf, &handle)?;
+        Self::push_ready(slf, &handle, false)?;
         Ok(handle)
     }
 
@@ -320,15 +348,7 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let debug = Self::check_schedule(slf, callback, "call_soon_threadsafe", false)?;
         let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        let mut this = slf.borrow_mut();
-        if this.st.closed {
-            return Err(loop_closed());
-        }
-        this.st.ready.push(handle.clone_ref(slf.py()));
-        if let Some(waker) = &this.st.waker {
-            // Like asyncio's `_write_to_self`, a failed wakeup write is not the caller's error.
-            let _ = waker.wake();
-        }
+        Self::push_ready(slf, &handle, true)?;
         Ok(handle)
     }
 
@@ -373,16 +393,16 @@ impl LoopCore {
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let (factory, debug) = {
-            let this = slf.borrow();
-            if this.st.closed {
-                return Err(loop_closed());
-            }
+        let (closed, factory, debug) = Self::state(slf, |st| {
             (
-                this.st.task_factory.as_ref().map(|f| f.clone_ref(py)),
-                this.st.debug,
+                st.closed,
+                st.task_factory.as_ref().map(|f| f.clone_ref(py)),
+                st.debug,
             )
-        };
+        })?;
+        if closed {
+            return Err(loop_closed());
+        }
         let tasks = py_helpers::tasks_module(py)?;
         let context = context.filter(|c| !c.is_none());
         match factory {
@@ -425,15 +445,18 @@ impl LoopCore {
     }
 
     #[getter]
-    fn _task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st.task_factory.as_ref().map(|f| f.clone_ref(py))
+    fn _task_factory(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        Self::state(slf, |st| {
+            st.task_factory.as_ref().map(|f| f.clone_ref(slf.py()))
+        })
     }
 
     #[setter(_task_factory)]
-    fn set_task_factory_attr(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
+    fn set_task_factory_attr(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) -> PyResult<()> {
         let value = value.filter(|v| !v.is_none(slf.py()));
-        let old = std::mem::replace(&mut slf.borrow_mut().st.task_factory, value);
+        let old = Self::state(slf, |st| std::mem::replace(&mut st.task_factory, value))?;
         drop(old);
+        Ok(())
     }
 
     /// `loop.add_reader(fd, callback, *args)`: level-triggered, as with `selectors`.
@@ -469,28 +492,28 @@ impl LoopCore {
     }
 
     /// `loop.stop()`: `run_forever` returns after the current iteration.
-    fn stop(&mut self) {
-        self.st.stopping = true;
+    fn stop(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::state(slf, |st| st.stopping = true)
     }
 
     /// `loop.is_running()`.
-    fn is_running(&self) -> bool {
-        self.st.thread_id.is_some()
+    fn is_running(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::state(slf, |st| st.thread_id.is_some())
     }
 
     /// `loop.is_closed()`.
-    fn is_closed(&self) -> bool {
-        self.st.closed
+    fn is_closed(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::state(slf, |st| st.closed)
     }
 
     /// `loop.get_debug()`.
-    fn get_debug(&self) -> bool {
-        self.st.debug
+    fn get_debug(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::state(slf, |st| st.debug)
     }
 
     /// `BaseEventLoop._check_closed()`.
-    fn _check_closed(&self) -> PyResult<()> {
-        if self.st.closed {
+    fn _check_closed(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if Self::state(slf, |st| st.closed)? {
             Err(loop_closed())
         } else {
             Ok(())
@@ -498,11 +521,13 @@ impl LoopCore {
     }
 
     /// `BaseEventLoop._write_to_self()`: wakes the loop if it is blocked in the poller.
-    fn _write_to_self(&self) {
-        if let Some(waker) = &self.st.waker {
-            // Like asyncio, a failed wakeup write is not an error of the caller.
-            let _ = waker.wake();
-        }
+    fn _write_to_self(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::state(slf, |st| {
+            if let Some(waker) = &st.waker {
+                // Like asyncio, a failed wakeup write is not an error of the caller.
+                let _ = waker.wake();
+            }
+        })
     }
 
     /// `BaseEventLoop._run_once()`: one iteration (see `docs/design.md`).
@@ -517,19 +542,19 @@ impl LoopCore {
             if let Err(err) = run_once::run_once(slf) {
                 break Err(err);
             }
-            if slf.borrow().st.stopping {
-                break Ok(());
+            match Self::state(slf, |st| st.stopping) {
+                Ok(true) => break Ok(()),
+                Ok(false) => {}
+                Err(err) => break Err(err),
             }
         };
-        slf.borrow_mut().st.stopping = false;
+        Self::state(slf, |st| st.stopping = false)?;
         result
     }
 
     /// The native half of `close()`: empties the queues and closes the poller and the waker.
-    fn _close_core(slf: &Bound<'_, Self>) {
-        let (ready, batch, timers, registered, selector, waker) = {
-            let mut this = slf.borrow_mut();
-            let st = &mut this.st;
+    fn _close_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let (ready, batch, timers, registered, selector, waker) = Self::state(slf, |st| {
             st.closed = true;
             let registered = st
                 .selector
@@ -544,68 +569,75 @@ impl LoopCore {
                 st.selector.take(),
                 st.waker.take(),
             )
-        };
+        })?;
+        let py = slf.py();
         for timer in &timers {
             timer.0.get().set_unscheduled();
-            timer.0.get().release();
+            timer.0.get().release(py);
         }
         for handle in ready.iter().chain(batch.iter()).chain(registered.iter()) {
-            handle.get().release();
+            handle.get().release(py);
         }
         drop((ready, batch, timers, registered, selector, waker));
-    }
-
-    #[getter]
-    fn _closed(&self) -> bool {
-        self.st.closed
-    }
-
-    #[getter]
-    fn _stopping(&self) -> bool {
-        self.st.stopping
-    }
-
-    #[setter(_stopping)]
-    fn set_stopping_flag(&mut self, value: bool) {
-        self.st.stopping = value;
-    }
-
-    #[getter]
-    fn _debug(&self) -> bool {
-        self.st.debug
-    }
-
-    #[setter(_debug)]
-    fn set_debug_flag(&mut self, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.st.debug = value.is_truthy()?;
         Ok(())
     }
 
     #[getter]
-    fn slow_callback_duration(&self) -> f64 {
-        self.st.slow_callback_duration
+    fn _closed(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::state(slf, |st| st.closed)
+    }
+
+    #[getter]
+    fn _stopping(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::state(slf, |st| st.stopping)
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping_flag(slf: &Bound<'_, Self>, value: bool) -> PyResult<()> {
+        Self::state(slf, |st| st.stopping = value)
+    }
+
+    #[getter]
+    fn _debug(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::state(slf, |st| st.debug)
+    }
+
+    #[setter(_debug)]
+    fn set_debug_flag(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = value.is_truthy()?;
+        Self::state(slf, |st| st.debug = value)
+    }
+
+    #[getter]
+    fn slow_callback_duration(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        Self::state(slf, |st| st.slow_callback_duration)
     }
 
     #[setter]
-    fn set_slow_callback_duration(&mut self, value: f64) {
-        self.st.slow_callback_duration = value;
+    fn set_slow_callback_duration(slf: &Bound<'_, Self>, value: f64) -> PyResult<()> {
+        Self::state(slf, |st| st.slow_callback_duration = value)
     }
 
     #[getter]
-    fn _thread_id(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st.thread_id.as_ref().map(|t| t.clone_ref(py))
+    fn _thread_id(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        Self::state(slf, |st| {
+            st.thread_id.as_ref().map(|t| t.clone_ref(slf.py()))
+        })
     }
 
     #[setter(_thread_id)]
-    fn set_thread_id(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) {
+    fn set_thread_id(slf: &Bound<'_, Self>, value: Option<Py<PyAny>>) -> PyResult<()> {
         let value = value.filter(|v| !v.is_none(slf.py()));
-        let old = std::mem::replace(&mut slf.borrow_mut().st.thread_id, value);
+        let old = Self::state(slf, |st| std::mem::replace(&mut st.thread_id, value))?;
         drop(old);
+        Ok(())
     }
 
     #[getter]
-    fn _current_handle(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st.current_handle.as_ref().map(|h| h.clone_ref(py))
+    fn _current_handle(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        Self::state(slf, |st| {
+            st.current_handle.as_ref().map(|h| h.clone_ref(slf.py()))
+        })
     }
 
     #[getter]
@@ -614,25 +646,28 @@ impl LoopCore {
     }
 
     /// Descriptors the loop itself opened (epoll, eventfd); empty after `close()`.
-    fn _native_fds(&self) -> Vec<RawFd> {
-        let mut fds = Vec::new();
-        if let Some(selector) = &self.st.selector {
-            fds.push(selector.poller().as_raw_fd());
-        }
-        if let Some(waker) = &self.st.waker {
-            fds.push(waker.as_raw_fd());
-        }
-        fds
+    fn _native_fds(slf: &Bound<'_, Self>) -> PyResult<Vec<RawFd>> {
+        Self::state(slf, |st| {
+            let mut fds = Vec::new();
+            if let Some(selector) = &st.selector {
+                fds.push(selector.poller().as_raw_fd());
+            }
+            if let Some(waker) = &st.waker {
+                fds.push(waker.as_raw_fd());
+            }
+            fds
+        })
     }
 
     /// Counts for tests and debugging: (ready, scheduled timers, cancelled timers, fds).
-    fn _stats(&self) -> (usize, usize, usize, usize) {
-        let st = &self.st;
-        (
-            st.ready.len(),
-            st.timers.len(),
-            st.timers.cancelled_count(),
-            st.selector.as_ref().map_or(0, |s| s.len()),
-        )
+    fn _stats(slf: &Bound<'_, Self>) -> PyResult<(usize, usize, usize, usize)> {
+        Self::state(slf, |st| {
+            (
+                st.ready.len(),
+                st.timers.len(),
+                st.timers.cancelled_count(),
+                st.selector.as_ref().map_or(0, |s| s.len()),
+            )
+        })
     }
 }

@@ -3,8 +3,8 @@
 //!
 //! Invariants:
 //! - a handle is frozen (no PyO3 borrow flag): flags are atomics, and the only mutable part, the
-//!   callback and its arguments, sits behind a mutex that is never held while Python runs
-//!   (clones are taken under the lock, calls and drops happen after it is released);
+//!   callback and its arguments, sits in a [`GilCell`] that is never entered while Python runs
+//!   (clones are taken inside, calls and drops happen after it is left);
 //! - `cancel()` clears the callback and arguments (as asyncio does, to break reference cycles)
 //!   and, for a timer still in the heap, reports itself to the heap's cancel counter once;
 //! - `scheduled` is true exactly while a timer sits in its loop's timer heap;
@@ -17,13 +17,13 @@
 //! - [`live_handles`] counts handles alive in this process, so tests can detect leaks.
 
 use crate::context;
+use crate::gil_cell::GilCell;
 use crate::py_helpers;
 use ferroloop_core::timers::CancelCounter;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 static LIVE_HANDLES: AtomicUsize = AtomicUsize::new(0);
 
@@ -31,6 +31,14 @@ static LIVE_HANDLES: AtomicUsize = AtomicUsize::new(0);
 #[pyfunction]
 pub fn live_handles() -> usize {
     LIVE_HANDLES.load(Ordering::Relaxed)
+}
+
+/// Adjusts the live-handle count. Handles are created and destroyed with the GIL held, so a
+/// plain load and store (no locked instruction) cannot lose an update.
+#[inline]
+fn count_live(delta: isize) {
+    let n = LIVE_HANDLES.load(Ordering::Relaxed);
+    LIVE_HANDLES.store(n.wrapping_add_signed(delta), Ordering::Relaxed);
 }
 
 /// The callback and its positional arguments.
@@ -48,7 +56,7 @@ pub struct Payload {
     module = "ferroloop._ferroloop"
 )]
 pub struct Handle {
-    payload: Mutex<Option<Payload>>,
+    payload: GilCell<Option<Payload>>,
     context: Py<PyAny>,
     cancelled: AtomicBool,
     /// Deadline of a timer; NaN for a plain handle.
@@ -57,7 +65,7 @@ pub struct Handle {
     cancel_counter: Option<CancelCounter>,
     source_traceback: Option<Py<PyAny>>,
     /// In debug mode, `cancel()` keeps the repr as it was before the callback was cleared.
-    repr_cache: Mutex<Option<String>>,
+    repr_cache: GilCell<Option<String>>,
     debug: bool,
     /// Runs once (`call_soon`, timers) rather than on every readiness (`add_reader`).
     oneshot: bool,
@@ -93,11 +101,6 @@ fn untrack(obj: &Bound<'_, PyAny>) {
     unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A poisoned lock only means a panic happened while it was held; the data is still whole.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Handle {
     fn build(
         py: Python<'_>,
@@ -114,9 +117,9 @@ impl Handle {
         } else {
             None
         };
-        LIVE_HANDLES.fetch_add(1, Ordering::Relaxed);
+        count_live(1);
         Ok(Handle {
-            payload: Mutex::new(Some(Payload {
+            payload: GilCell::new(Some(Payload {
                 callback: new.callback,
                 args: new.args,
             })),
@@ -126,7 +129,7 @@ impl Handle {
             scheduled: AtomicBool::new(counter.is_some()),
             cancel_counter: counter,
             source_traceback,
-            repr_cache: Mutex::new(None),
+            repr_cache: GilCell::new(None),
             debug: new.debug,
             oneshot: new.oneshot,
         })
@@ -175,9 +178,13 @@ impl Handle {
 
     /// New references to the callback and arguments, unless the handle was cancelled.
     pub fn payload(&self, py: Python<'_>) -> Option<(Py<PyAny>, Py<PyTuple>)> {
-        lock(&self.payload)
-            .as_ref()
-            .map(|p| (p.callback.clone_ref(py), p.args.clone_ref(py)))
+        self.payload
+            .with(py, |p| {
+                p.as_ref()
+                    .map(|p| (p.callback.clone_ref(py), p.args.clone_ref(py)))
+            })
+            .ok()
+            .flatten()
     }
 
     /// Runs the callback in the handle's context (`Handle._run` without the error reporting,
@@ -189,7 +196,11 @@ impl Handle {
     #[inline]
     pub fn run(&self, py: Python<'_>, keep: bool) -> Result<(), Failure> {
         let payload = if self.oneshot && !keep {
-            lock(&self.payload).take().map(|p| (p.callback, p.args))
+            self.payload
+                .with(py, Option::take)
+                .ok()
+                .flatten()
+                .map(|p| (p.callback, p.args))
         } else {
             self.payload(py)
         };
@@ -207,26 +218,20 @@ impl Handle {
     }
 
     /// After `run(py, keep = true)`: a one-shot handle now gives up its callback.
-    pub fn finish(&self) {
+    pub fn finish(&self, py: Python<'_>) {
         if self.oneshot {
-            self.release();
+            self.release(py);
         }
     }
 
     /// Releases the callback and arguments without cancelling (the loop closed or dropped).
-    pub fn release(&self) {
-        let cleared = lock(&self.payload).take();
+    pub fn release(&self, py: Python<'_>) {
+        // Dropped after the cell is left: releasing the callback may run Python code.
+        let cleared = self.payload.with(py, Option::take);
         drop(cleared);
     }
 
     fn do_cancel(&self, py: Python<'_>, slf: &Bound<'_, PyAny>) -> PyResult<()> {
-        if self.cancelled.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        if self.debug {
-            let text = slf.repr()?.to_string();
-            *lock(&self.repr_cache) = Some(text);
-        }
         if self.cancelled.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
@@ -235,16 +240,20 @@ impl Handle {
                 counter.note_cancelled();
             }
         }
-        let cleared = lock(&self.payload).take();
-        // Dropped outside the lock: releasing the callback may run arbitrary Python code.
-        drop(cleared);
-        let _ = py;
+        // As asyncio: in debug mode the repr is kept, taken after the flag is set and before
+        // the callback is released, so it reads `<Handle cancelled callback(...) ...>`.
+        let kept_repr = if self.debug { Some(slf.repr().map(|r| r.to_string())) } else { None };
+        self.release(py);
+        if let Some(text) = kept_repr {
+            let text = text?;
+            self.repr_cache.with(py, |cache| *cache = Some(text))?;
+        }
         Ok(())
     }
 
     /// The parts of asyncio's `Handle._repr_info()`, with `when=` for timers.
     fn repr_info(&self, py: Python<'_>, class_name: &str) -> PyResult<String> {
-        if let Some(text) = lock(&self.repr_cache).clone() {
+        if let Some(text) = self.repr_cache.with(py, |cache| cache.clone())? {
             return Ok(text);
         }
         let mut info = vec![class_name.to_owned()];
@@ -274,7 +283,7 @@ impl Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        LIVE_HANDLES.fetch_sub(1, Ordering::Relaxed);
+        count_live(-1);
     }
 }
 

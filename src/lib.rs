@@ -14,6 +14,7 @@
 mod context;
 mod errors;
 mod event_loop;
+mod gil_cell;
 mod handles;
 mod py_helpers;
 mod run_once;
@@ -23,10 +24,24 @@ use pyo3::prelude::*;
 /// The native module. Mirrors the private half of `asyncio.base_events`.
 #[pymodule]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    refuse_free_threading(m.py())?;
     m.add_class::<event_loop::LoopCore>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
     m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;
+    Ok(())
+}
+
+/// `GilCell` relies on the GIL to serialise access: refuse to load where there is none.
+fn refuse_free_threading(py: Python<'_>) -> PyResult<()> {
+    let sys = py.import("sys")?;
+    if let Ok(is_gil_enabled) = sys.getattr("_is_gil_enabled") {
+        if !is_gil_enabled.call0()?.is_truthy()? {
+            return Err(pyo3::exceptions::PyImportError::new_err(
+                "ferroloop needs the GIL: it does not support free-threaded CPython yet",
+            ));
+        }
+    }
     Ok(())
 }

@@ -10,55 +10,59 @@
 //! 5. run exactly the callbacks that were ready at that point, each in its own context.
 //!    `KeyboardInterrupt`/`SystemExit` leave the iteration; the unrun rest of the batch goes
 //!    back to the front of the queue.
+//!
+//! The loop state is entered only between Python calls; handles that leave it (dropped timers,
+//! stale readers) are dropped after it is released.
 
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::handles::{Failure, Handle};
 use crate::py_helpers;
 use ferroloop_core::clock;
+use ferroloop_core::poller::{Events, Poller};
 use ferroloop_core::registry::Side;
-use ferroloop_core::waker::WAKER_TOKEN;
+use ferroloop_core::waker::{Waker, WAKER_TOKEN};
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::sync::Arc;
+
+/// What phase 3 needs, taken out of the state so the poller can block without it.
+struct PollPlan {
+    poller: Arc<Poller>,
+    waker: Arc<Waker>,
+    events: Events,
+    timeout_ms: i32,
+}
 
 /// Runs one iteration.
 pub fn run_once(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
-    let py = slf.py();
     poll_and_collect(slf)?;
-    let (mut batch, debug) = {
-        let mut this = slf.borrow_mut();
-        let st = &mut this.st;
+    let (mut batch, debug) = LoopCore::state(slf, |st| {
         let mut batch = std::mem::take(&mut st.batch);
         st.ready.take_batch(&mut batch);
         (batch, st.debug)
-    };
+    })?;
     let result = run_batch(slf, &mut batch, debug);
-    let mut this = slf.borrow_mut();
-    if result.is_err() {
-        this.st.ready.restore_front(&mut batch);
-    }
-    // `batch` is empty here either way: keep its buffer for the next iteration.
-    this.st.batch = batch;
-    drop(this);
-    let _ = py;
+    LoopCore::state(slf, |st| {
+        if result.is_err() {
+            st.ready.restore_front(&mut batch);
+        }
+        // `batch` is empty here either way: keep its buffer for the next iteration.
+        st.batch = batch;
+    })?;
     result
 }
 
-/// Phases 1–4: timers, timeout, poll, and filling the ready queue.
-fn poll_and_collect(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
-    let py = slf.py();
-    let mut dropped: Vec<Py<Handle>> = Vec::new();
-    let prepared = {
-        let mut this = slf.borrow_mut();
-        let st = &mut this.st;
-        let mut removed = Vec::new();
-        st.timers.drop_cancelled(&mut removed);
-        for timer in removed {
+/// Phases 1–2: drops cancelled timers and decides whether and how long to poll.
+fn plan_poll(slf: &Bound<'_, LoopCore>) -> PyResult<Option<PollPlan>> {
+    let (plan, dropped) = LoopCore::state(slf, |st| {
+        let mut dropped = Vec::new();
+        st.timers.drop_cancelled(&mut dropped);
+        for timer in &dropped {
             timer.0.get().set_unscheduled();
-            dropped.push(timer.0);
         }
         let timeout = if !st.ready.is_empty() || st.stopping {
             Some(0.0)
@@ -66,82 +70,88 @@ fn poll_and_collect(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
             st.timers.next_deadline().map(|when| when - clock::now())
         };
         let timeout_ms = clock::timeout_millis(timeout);
-        match (&st.selector, &st.waker) {
-            (Some(selector), Some(waker)) if timeout_ms != 0 || !selector.is_empty() => Some((
-                selector.poller().clone(),
-                waker.clone(),
-                st.events.take().unwrap_or_default(),
-                timeout_ms,
-            )),
+        let plan = match (&st.selector, &st.waker) {
+            (Some(selector), Some(waker)) if timeout_ms != 0 || !selector.is_empty() => {
+                Some(PollPlan {
+                    poller: selector.poller().clone(),
+                    waker: waker.clone(),
+                    events: st.events.take().unwrap_or_default(),
+                    timeout_ms,
+                })
+            }
             _ => None,
-        }
-    };
-    drop(dropped);
-
-    let mut woke = false;
-    let mut events = None;
-    if let Some((poller, waker, mut evs, timeout_ms)) = prepared {
-        let result = if timeout_ms == 0 {
-            poller.wait(&mut evs, 0)
-        } else {
-            waker.before_sleep();
-            let r = py.detach(|| poller.wait(&mut evs, timeout_ms));
-            waker.after_sleep();
-            r
         };
-        if let Err(err) = result {
-            evs.clear();
-            slf.borrow_mut().st.events = Some(evs);
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                // PEP 475: run the signal handlers (KeyboardInterrupt leaves from here), go on.
-                return py.check_signals();
-            }
-            return Err(os_error(err));
-        }
-        for ev in evs.iter() {
-            woke |= ev.token == WAKER_TOKEN;
-        }
-        if woke {
-            waker.drain();
-        }
-        events = Some(evs);
-    }
+        (plan, dropped)
+    })?;
+    drop(dropped);
+    Ok(plan)
+}
 
-    let mut stale: Vec<(RawFd, Side)> = Vec::new();
-    let mut dropped: Vec<Py<Handle>> = Vec::new();
-    let mut this = slf.borrow_mut();
-    let st = &mut this.st;
-    if let Some(evs) = events {
-        if let Some(selector) = &st.selector {
-            let ready = &mut st.ready;
-            selector.dispatch(
-                &evs,
-                |fd, side, handle| {
-                    if handle.get().is_cancelled() {
-                        stale.push((fd, side));
-                    } else {
-                        ready.push(handle.clone_ref(py));
-                    }
-                },
-                |_| {},
-            );
-        }
-        if let Some(selector) = st.selector.as_mut() {
-            for (fd, side) in stale {
-                dropped.extend(selector.remove(fd, side));
+/// Phases 1–4: timers, timeout, poll, and filling the ready queue.
+fn poll_and_collect(slf: &Bound<'_, LoopCore>) -> PyResult<()> {
+    let py = slf.py();
+    let events = match plan_poll(slf)? {
+        Some(mut plan) => {
+            let result = if plan.timeout_ms == 0 {
+                plan.poller.wait(&mut plan.events, 0)
+            } else {
+                plan.waker.before_sleep();
+                let (poller, events, ms) = (&plan.poller, &mut plan.events, plan.timeout_ms);
+                let r = py.detach(|| poller.wait(events, ms));
+                plan.waker.after_sleep();
+                r
+            };
+            if let Err(err) = result {
+                plan.events.clear();
+                LoopCore::state(slf, |st| st.events = Some(plan.events))?;
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    // PEP 475: run the signal handlers (KeyboardInterrupt leaves from here).
+                    return py.check_signals();
+                }
+                return Err(os_error(err));
             }
+            if plan.events.iter().any(|ev| ev.token == WAKER_TOKEN) {
+                plan.waker.drain();
+            }
+            Some(plan.events)
         }
-        st.events = Some(evs);
-    }
-    if !st.timers.is_empty() {
-        let end_time = clock::now() + clock::RESOLUTION;
-        let ready = &mut st.ready;
-        st.timers.pop_due(end_time, |timer| {
-            timer.0.get().set_unscheduled();
-            ready.push(timer.0);
-        });
-    }
-    drop(this);
+        None => None,
+    };
+    let dropped = LoopCore::state(slf, |st| {
+        let mut dropped: Vec<Py<Handle>> = Vec::new();
+        if let Some(events) = events {
+            let mut stale: Vec<(RawFd, Side)> = Vec::new();
+            if let Some(selector) = &st.selector {
+                let ready = &mut st.ready;
+                selector.dispatch(
+                    &events,
+                    |fd, side, handle| {
+                        if handle.get().is_cancelled() {
+                            stale.push((fd, side));
+                        } else {
+                            ready.push(handle.clone_ref(py));
+                        }
+                    },
+                    |_| {},
+                );
+            }
+            if let Some(selector) = st.selector.as_mut() {
+                for (fd, side) in stale {
+                    dropped.extend(selector.remove(fd, side));
+                }
+            }
+            st.events = Some(events);
+        }
+        if !st.timers.is_empty() {
+            let end_time = clock::now() + clock::RESOLUTION;
+            let ready = &mut st.ready;
+            st.timers.pop_due(end_time, |timer| {
+                timer.0.get().set_unscheduled();
+                ready.push(timer.0);
+            });
+        }
+        dropped
+    })?;
     drop(dropped);
     Ok(())
 }
@@ -180,23 +190,21 @@ fn run_batch(
 /// `slow_callback_duration` is logged as asyncio logs it.
 fn run_debug(slf: &Bound<'_, LoopCore>, handle: &Py<Handle>) -> PyResult<Result<(), Failure>> {
     let py = slf.py();
-    let previous = slf
-        .borrow_mut()
-        .st
-        .current_handle
-        .replace(handle.clone_ref(py).into_any());
+    let current = handle.clone_ref(py).into_any();
+    let previous = LoopCore::state(slf, |st| st.current_handle.replace(current))?;
     drop(previous);
     let t0 = clock::now();
     let result = handle.get().run(py, true);
     let dt = clock::now() - t0;
-    let old = slf.borrow_mut().st.current_handle.take();
+    let (old, slow) = LoopCore::state(slf, |st| {
+        (st.current_handle.take(), st.slow_callback_duration)
+    })?;
     drop(old);
-    let slow = slf.borrow().st.slow_callback_duration;
     if dt >= slow {
         let text = py_helpers::format_handle(py, handle.bind(py).as_any())?;
         py_helpers::log_slow_callback(py, text, dt)?;
     }
-    handle.get().finish();
+    handle.get().finish(py);
     Ok(result)
 }
 

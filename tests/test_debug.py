@@ -179,3 +179,33 @@ def test_coroutine_origin_tracking_in_debug(loop):
     loop.set_debug(False)
     assert loop.run_until_complete(depth()) == before
     assert sys.get_coroutine_origin_tracking_depth() == before
+
+
+def test_call_soon_from_thread_allowed_when_not_running(loop, spin):
+    # The debug thread check only applies while the loop runs in another thread.
+    loop.set_debug(True)
+    calls = []
+    errors = []
+
+    def in_thread():
+        try:
+            loop.call_soon(calls.append, "from-thread")
+        except BaseException as exc:
+            errors.append(exc)
+
+    th = threading.Thread(target=in_thread)
+    th.start()
+    th.join()
+    assert errors == []
+    spin(1)
+    assert calls == ["from-thread"]
+
+
+def test_run_in_executor_rejects_coroutine_function_in_debug(loop):
+    loop.set_debug(True)
+
+    async def coro_func():
+        pass
+
+    with pytest.raises(TypeError, match="coroutines cannot be used with run_in_executor"):
+        loop.run_in_executor(None, coro_func)

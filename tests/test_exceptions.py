@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import signal
+import sys
+import threading
+import time
 
 import pytest
 
@@ -159,12 +164,15 @@ def test_base_exception_from_callback_propagates_run_forever(loop, exc_type, met
     def bad():
         raise exc_type()
 
+    hooks = sys.get_asyncgen_hooks()
     _schedule(loop, method, bad)
     guard = loop.call_later(5, loop.stop)
     with pytest.raises(exc_type):
         loop.run_forever()
     guard.cancel()
     assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+    assert sys.get_asyncgen_hooks() == hooks
     assert loop.run_until_complete(asyncio.sleep(0, "reusable")) == "reusable"
 
 
@@ -250,3 +258,23 @@ def test_coroutines_rejected_in_debug(loop, method):
             _schedule(loop, method, coro)
     finally:
         coro.close()
+
+
+def test_sigint_while_sleeping_raises_keyboard_interrupt(loop):
+    # Python's default SIGINT handler raises KeyboardInterrupt; a loop blocked waiting for a far
+    # timer must let it out promptly (asyncio: epoll_wait returns EINTR, the handler runs).
+    assert threading.current_thread() is threading.main_thread()
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT handler is not Python's default")
+    guard = loop.call_later(5, loop.stop)
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+    finally:
+        timer.join()
+        guard.cancel()
+    assert time.monotonic() - t0 < 1.0
+    assert not loop.is_running()

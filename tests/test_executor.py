@@ -104,6 +104,18 @@ def test_shutdown_default_executor(loop, run):
         run(again())
 
 
+def test_close_shuts_down_default_executor(loop, run):
+    async def main():
+        return await loop.run_in_executor(None, threading.current_thread)
+
+    worker = run(main())
+    assert worker.is_alive()
+    loop.close()
+    # close() shuts the default executor down without waiting; its idle worker exits.
+    worker.join(5)
+    assert not worker.is_alive()
+
+
 def test_shutdown_default_executor_without_executor(loop, run):
     assert run(loop.shutdown_default_executor()) is None
 

@@ -173,3 +173,5 @@ def test_unclosed_loop_gc(loop_factory, recwarn):
     del loop
     gc.collect()
     assert _open_fds() - before == set()
+    unclosed = [w for w in recwarn if issubclass(w.category, ResourceWarning)]
+    assert any("unclosed" in str(w.message) for w in unclosed), [str(w.message) for w in recwarn]

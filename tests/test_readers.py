@@ -348,3 +348,65 @@ def test_close_drops_readers(loop, sockpair):
     loop.close()
     b.send(b"still open")
     assert a.recv(100) == b"still open"
+
+
+def test_removed_reader_never_runs_even_if_already_polled(loop):
+    # Two readers become ready in the same iteration; whichever runs first removes the other.
+    # After remove_reader() returned True, the removed callback must not run.
+    a1, b1 = socket.socketpair()
+    a2, b2 = socket.socketpair()
+    try:
+        calls = []
+
+        def make_cb(name, other_fd):
+            def cb():
+                calls.append(name)
+                loop.remove_reader(other_fd)
+
+            return cb
+
+        loop.add_reader(a1.fileno(), make_cb("one", a2.fileno()))
+        loop.add_reader(a2.fileno(), make_cb("two", a1.fileno()))
+        b1.send(b"x")
+        b2.send(b"y")
+        loop.stop()  # exactly one iteration, polling I/O once
+        guard = loop.call_later(5, loop.stop)
+        loop.run_forever()
+        guard.cancel()
+        assert len(calls) == 1, calls
+        loop.remove_reader(a1.fileno())
+        loop.remove_reader(a2.fileno())
+    finally:
+        for s in (a1, b1, a2, b2):
+            s.close()
+
+
+def test_remove_reader_after_fd_closed(loop, spin):
+    a, b = socket.socketpair()
+    try:
+        fd = a.fileno()
+        loop.add_reader(fd, lambda: None)
+        spin(1)
+        a.close()  # closed behind the loop's back while registered
+        spin(2)
+        # (With a reader *and* a writer registered, asyncio's selector loop raises EBADF from
+        # epoll_ctl(MOD) here; with a single registration it unregisters quietly.)
+        assert loop.remove_reader(fd) is True
+        assert loop.remove_reader(fd) is False
+        spin(1)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_add_reader_twice_then_remove(loop, sockpair):
+    a, b = sockpair
+    calls = []
+    loop.add_reader(a.fileno(), calls.append, 1)
+    loop.add_reader(a, calls.append, 2)
+    assert loop.remove_reader(a.fileno()) is True
+    assert loop.remove_reader(a.fileno()) is False
+    b.send(b"x")
+    loop.stop()
+    loop.run_forever()
+    assert calls == []

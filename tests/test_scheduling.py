@@ -581,3 +581,63 @@ def test_call_soon_threadsafe_returns_handle_that_can_be_cancelled(loop, spin):
     assert h.cancelled()
     spin(2)
     assert calls == []
+
+
+# --------------------------------------------------------------------------- edge values
+
+
+def test_huge_and_infinite_deadlines(loop, spin):
+    calls = []
+    handles = [
+        loop.call_later(1e9, calls.append, "huge-delay"),
+        loop.call_at(loop.time() + 1e12, calls.append, "huge-when"),
+        loop.call_at(float("inf"), calls.append, "inf"),
+    ]
+    assert handles[2].when() == float("inf")
+    loop.call_later(0.01, calls.append, "soon")
+    loop.call_later(0.02, loop.stop)
+    t0 = time.monotonic()
+    loop.run_forever()
+    assert time.monotonic() - t0 < 1.0
+    assert calls == ["soon"]
+    for h in handles:
+        h.cancel()
+    spin(2)
+    assert calls == ["soon"]
+
+
+def test_int_deadlines(loop):
+    calls = []
+    when = int(loop.time()) - 1
+    h = loop.call_at(when, calls.append, "int-when")
+    assert h.when() == when
+    loop.call_later(0, calls.append, "int-delay")
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert calls == ["int-when", "int-delay"]
+
+
+def test_timer_handle_ordering(loop):
+    now = loop.time()
+    t1 = loop.call_at(now + 10, my_named_callback)
+    t2 = loop.call_at(now + 20, my_named_callback)
+    t1b = loop.call_at(now + 10, my_named_callback)
+    assert t1 < t2 and t2 > t1
+    assert t1 <= t2 and t2 >= t1
+    assert not (t2 < t1)
+    assert t1 == t1b  # same when, callback, args and state
+    assert t1 != t2
+    for t in (t1, t2, t1b):
+        t.cancel()
+
+
+def test_loop_repr_reflects_state(loop):
+    r = repr(loop)
+    assert "running=False" in r and "closed=False" in r, r
+    seen = []
+    loop.call_soon(lambda: seen.append(repr(loop)))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert "running=True" in seen[0], seen
+    loop.close()
+    assert "closed=True" in repr(loop)
