@@ -242,7 +242,11 @@ impl Handle {
         }
         // As asyncio: in debug mode the repr is kept, taken after the flag is set and before
         // the callback is released, so it reads `<Handle cancelled callback(...) ...>`.
-        let kept_repr = if self.debug { Some(slf.repr().map(|r| r.to_string())) } else { None };
+        let kept_repr = if self.debug {
+            Some(slf.repr().map(|r| r.to_string()))
+        } else {
+            None
+        };
         self.release(py);
         if let Some(text) = kept_repr {
             let text = text?;
