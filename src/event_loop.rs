@@ -11,6 +11,7 @@
 //! - `thread_id` is `Some` exactly while `run_forever` runs (asyncio's `is_running()`).
 
 use crate::errors::{loop_closed, os_error};
+use crate::fastcall::{fixed_arg, Fixed};
 use crate::gil_cell::GilCell;
 use crate::handles::{Handle, NewHandle, TimerHandle};
 use crate::py_helpers;
@@ -290,6 +291,70 @@ impl LoopCore {
     }
 }
 
+/// The scheduling methods, called from the raw entry points in `fastcall.rs` (which parse the
+/// arguments): `fixed` holds the parameters before `*args`.
+impl LoopCore {
+    /// `loop.call_soon(callback, *args, context=None)`.
+    pub fn call_soon_impl(
+        slf: &Bound<'_, Self>,
+        fixed: &Fixed<'_>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let callback = fixed_arg(fixed, 0)?;
+        let debug = Self::check_schedule(slf, callback, "call_soon", true)?;
+        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
+        Self::push_ready(slf, &handle, false)?;
+        Ok(handle.into_any())
+    }
+
+    /// `loop.call_soon_threadsafe(callback, *args, context=None)`: `call_soon` plus a wakeup of
+    /// a loop blocked in the poller. Other Python threads hold the GIL when they call this, so
+    /// the handle goes straight into the ready queue, in order, as in asyncio.
+    pub fn call_soon_threadsafe_impl(
+        slf: &Bound<'_, Self>,
+        fixed: &Fixed<'_>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let callback = fixed_arg(fixed, 0)?;
+        let debug = Self::check_schedule(slf, callback, "call_soon_threadsafe", false)?;
+        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
+        Self::push_ready(slf, &handle, true)?;
+        Ok(handle.into_any())
+    }
+
+    /// `loop.call_later(delay, callback, *args, context=None)`.
+    pub fn call_later_impl(
+        slf: &Bound<'_, Self>,
+        fixed: &Fixed<'_>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let (delay, callback) = (fixed_arg(fixed, 0)?, fixed_arg(fixed, 1)?);
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = clock::now() + delay.extract::<f64>()?;
+        Self::schedule_at(slf, when, callback, args, context, "call_at").map(Py::into_any)
+    }
+
+    /// `loop.call_at(when, callback, *args, context=None)`.
+    pub fn call_at_impl(
+        slf: &Bound<'_, Self>,
+        fixed: &Fixed<'_>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let (when, callback) = (fixed_arg(fixed, 0)?, fixed_arg(fixed, 1)?);
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when = when.extract::<f64>()?;
+        Self::schedule_at(slf, when, callback, args, context, "call_at").map(Py::into_any)
+    }
+}
+
 #[pymethods]
 impl LoopCore {
     #[new]
@@ -320,68 +385,6 @@ impl LoopCore {
     /// `loop.time()`: `time.monotonic()`.
     fn time(&self) -> f64 {
         clock::now()
-    }
-
-    /// `loop.call_soon(callback, *args, context=None)`.
-    #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let debug = Self::check_schedule(slf, callback, "call_soon", true)?;
-        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        Self::push_ready(slf, &handle, false)?;
-        Ok(handle)
-    }
-
-    /// `loop.call_soon_threadsafe(callback, *args, context=None)`: `call_soon` plus a wakeup of
-    /// a loop blocked in the poller. Other Python threads hold the GIL when they call this, so
-    /// the handle goes straight into the ready queue, in order, as in asyncio.
-    #[pyo3(signature = (callback, *args, context = None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let debug = Self::check_schedule(slf, callback, "call_soon_threadsafe", false)?;
-        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        Self::push_ready(slf, &handle, true)?;
-        Ok(handle)
-    }
-
-    /// `loop.call_later(delay, callback, *args, context=None)`.
-    #[pyo3(signature = (delay, callback, *args, context = None))]
-    fn call_later(
-        slf: &Bound<'_, Self>,
-        delay: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if delay.is_none() {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let when = clock::now() + delay.extract::<f64>()?;
-        Self::schedule_at(slf, when, callback, args, context, "call_at")
-    }
-
-    /// `loop.call_at(when, callback, *args, context=None)`.
-    #[pyo3(signature = (when, callback, *args, context = None))]
-    fn call_at(
-        slf: &Bound<'_, Self>,
-        when: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Py<PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let when = when.extract::<f64>()?;
-        Self::schedule_at(slf, when, callback, args, context, "call_at")
     }
 
     /// `loop.create_task(coro, *, name=None, context=None)`, as `BaseEventLoop.create_task`.

@@ -14,6 +14,7 @@
 mod context;
 mod errors;
 mod event_loop;
+mod fastcall;
 mod gil_cell;
 mod handles;
 mod py_helpers;
@@ -26,6 +27,7 @@ use pyo3::prelude::*;
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     refuse_free_threading(m.py())?;
     m.add_class::<event_loop::LoopCore>()?;
+    fastcall::install(m.py(), &m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
