@@ -174,9 +174,11 @@ unsafe fn parse_and_run(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY: `slf` is a live borrowed reference (the caller's contract).
-    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    let slf = slf.cast::<LoopCore>().map_err(PyErr::from)?;
+    // SAFETY: `slf` is a live borrowed reference (the caller's contract), and the method
+    // descriptor these entries are installed as checks that it is an instance of `LoopCore`
+    // (a subclass included) before calling.
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>() };
+    let slf = &slf;
     // SAFETY: PyVectorcall_NARGS only masks a flag bit off an integer.
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
     let names = if kwnames.is_null() {

@@ -48,13 +48,7 @@ pub struct Payload {
 }
 
 /// Mirrors `asyncio.events.Handle`: a callback, its arguments and its context.
-#[pyclass(
-    frozen,
-    subclass,
-    weakref,
-    freelist = 1024,
-    module = "ferroloop._ferroloop"
-)]
+#[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
     payload: GilCell<Option<Payload>>,
     context: Py<PyAny>,
@@ -72,7 +66,7 @@ pub struct Handle {
 }
 
 /// Mirrors `asyncio.events.TimerHandle`: a [`Handle`] with a deadline.
-#[pyclass(frozen, extends = Handle, freelist = 1024, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, extends = Handle, module = "ferroloop._ferroloop")]
 pub struct TimerHandle;
 
 /// What a new handle needs, gathered by the loop method that creates it.

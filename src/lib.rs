@@ -15,6 +15,7 @@ mod context;
 mod errors;
 mod event_loop;
 mod fastcall;
+mod freelist;
 mod gil_cell;
 mod handles;
 mod py_helpers;
@@ -30,6 +31,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(m.py(), &m.py().get_type::<event_loop::LoopCore>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    freelist::install(
+        &m.py().get_type::<handles::Handle>(),
+        &m.py().get_type::<handles::TimerHandle>(),
+    );
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
     m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;
     Ok(())
