@@ -154,6 +154,33 @@ def test_each_callback_runs_in_its_own_context_copy(loop, spin):
     assert VAR.get() == "default"
 
 
+def test_call_soon_threadsafe_copies_the_calling_threads_context(loop):
+    """Each callback runs in a copy of the *calling thread's* context, isolated from the others
+    (a loop that shares one context between threadsafe callbacks fails this)."""
+    seen = []
+
+    def setter():
+        VAR.set("set-by-setter")
+
+    def getter():
+        seen.append(VAR.get())
+        loop.stop()
+
+    def producer():
+        VAR.set("producer-thread")
+        loop.call_soon_threadsafe(setter)
+        loop.call_soon_threadsafe(getter)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    thread.join()
+    guard = loop.call_later(5, loop.stop)
+    loop.run_forever()
+    guard.cancel()
+    assert seen == ["producer-thread"]
+    assert VAR.get() == "default"
+
+
 def _ctx_with(value):
     ctx = contextvars.copy_context()
     ctx.run(VAR.set, value)
