@@ -301,11 +301,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let callback = fixed_arg(fixed, 0)?;
-        let debug = Self::check_schedule(slf, callback, "call_soon", true)?;
-        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        Self::push_ready(slf, &handle, false)?;
-        Ok(handle.into_any())
+        Self::soon(slf, fixed_arg(fixed, 0)?, args, context, false)
     }
 
     /// `loop.call_soon_threadsafe(callback, *args, context=None)`: `call_soon` plus a wakeup of
@@ -317,10 +313,25 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let callback = fixed_arg(fixed, 0)?;
-        let debug = Self::check_schedule(slf, callback, "call_soon_threadsafe", false)?;
+        Self::soon(slf, fixed_arg(fixed, 0)?, args, context, true)
+    }
+
+    /// Both `call_soon` flavours; the threadsafe one skips the debug thread check and wakes.
+    fn soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Py<PyAny>>,
+        threadsafe: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let method = if threadsafe {
+            "call_soon_threadsafe"
+        } else {
+            "call_soon"
+        };
+        let debug = Self::check_schedule(slf, callback, method, !threadsafe)?;
         let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        Self::push_ready(slf, &handle, true)?;
+        Self::push_ready(slf, &handle, threadsafe)?;
         Ok(handle.into_any())
     }
 
