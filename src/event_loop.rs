@@ -247,7 +247,7 @@ impl LoopCore {
         side: Side,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let fd = fileobj_to_fd(fd)?;
         let method = if side == Side::Read {
@@ -261,15 +261,17 @@ impl LoopCore {
             ..Self::new_handle(callback, args, None, debug)
         };
         let handle = Handle::new_plain(py, new)?;
-        // On failure the new handle comes back and is dropped after the state is released.
+        // `handle` keeps a reference of its own, so a registration rolled back inside the
+        // state only decrements the count and cannot run Python code there.
+        let registered = handle.clone_ref(py);
         let outcome = Self::state(slf, |st| match st.selector.as_mut() {
-            Some(selector) => selector.set(fd, side, handle).map_err(os_error),
+            Some(selector) => selector.set(fd, side, registered).map_err(os_error),
             None => Err(loop_closed()),
         })?;
         if let Some(old) = outcome? {
             Handle::cancel_py(old.bind(py))?;
         }
-        Ok(())
+        Ok(handle)
     }
 
     fn remove_fd_callback(
@@ -473,36 +475,56 @@ impl LoopCore {
         Ok(())
     }
 
-    /// `loop.add_reader(fd, callback, *args)`: level-triggered, as with `selectors`.
+    /// `BaseSelectorEventLoop._add_reader(fd, callback, *args)`: registers a level-triggered
+    /// reader (replacing and cancelling the previous one) and returns its handle. The public
+    /// `add_reader` (Python, inherited) first checks that no transport owns the fd.
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(
+    fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::set_fd_callback(slf, fd, Side::Read, callback, args)
     }
 
-    /// `loop.remove_reader(fd)`: True if a reader was removed.
-    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    /// `BaseSelectorEventLoop._remove_reader(fd)`: True if a reader was removed.
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_fd_callback(slf, fd, Side::Read)
     }
 
-    /// `loop.add_writer(fd, callback, *args)`.
+    /// `BaseSelectorEventLoop._add_writer(fd, callback, *args)`.
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(
+    fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::set_fd_callback(slf, fd, Side::Write, callback, args)
     }
 
-    /// `loop.remove_writer(fd)`: True if a writer was removed.
-    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    /// `BaseSelectorEventLoop._remove_writer(fd)`: True if a writer was removed.
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_fd_callback(slf, fd, Side::Write)
+    }
+
+    /// What `selectors.BaseSelector.get_key(fd)` would say: `(events mask, reader, writer)`
+    /// (mask bit 1 = read, 2 = write), or `None` if the fd is not registered.
+    #[allow(clippy::type_complexity)]
+    fn _fd_key(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+    ) -> PyResult<Option<(u8, Option<Py<Handle>>, Option<Py<Handle>>)>> {
+        let py = slf.py();
+        Self::state(slf, |st| {
+            let slot = st.selector.as_ref()?.get(fd)?;
+            let interest = slot.interest();
+            let mask = u8::from(interest.readable) | (u8::from(interest.writable) << 1);
+            let reader = slot.reader.as_ref().map(|h| h.clone_ref(py));
+            let writer = slot.writer.as_ref().map(|h| h.clone_ref(py));
+            Some((mask, reader, writer))
+        })
     }
 
     /// `loop.stop()`: `run_forever` returns after the current iteration.

@@ -1,19 +1,23 @@
 """`ferroloop.Loop`: the asyncio event loop class.
 
 The hot half of the loop is native (`_ferroloop.LoopCore`, first in the MRO): the ready queue,
-timers, the poller, `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe`, `add_reader` and
-friends, `time()`, and the `_run_once` iteration. What is not hot is inherited unchanged from
-`asyncio.BaseEventLoop`, so it behaves exactly as asyncio's: `run_until_complete`,
-`create_task`, `create_future`, the exception-handler API, the executor, async-generator hooks
-and shutdown, `getaddrinfo`. This class only supplies what ties the two together.
+timers, the poller, `call_soon`/`call_later`/`call_at`/`call_soon_threadsafe`, fd callbacks
+(`_add_reader` and friends), `time()`, and the `_run_once` iteration. Everything else is
+inherited unchanged from asyncio's own Unix selector loop (`unix_events.SelectorEventLoop`), so it
+behaves exactly as asyncio's: `run_until_complete`, tasks and futures, the exception-handler API,
+the executor, async generators, and — on top of the native fd callbacks — sockets, transports,
+servers, streams, TLS (`sslproto`), pipes, subprocesses and signal handlers. This class supplies
+only what ties the two together; later work replaces hot parts (transports) with native code.
 """
 
 from __future__ import annotations
 
+import selectors
 import sys
 import threading
+import warnings
 import weakref
-from asyncio import base_events, coroutines, events
+from asyncio import coroutines, events, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
@@ -21,16 +25,46 @@ from . import _ferroloop
 __all__ = ["Loop"]
 
 
-class Loop(_ferroloop.LoopCore, base_events.BaseEventLoop):
+class _SelectorView:
+    """A read-only stand-in for `loop._selector`.
+
+    asyncio's transports ask the selector which events an fd is polled for (in their reprs);
+    this answers from the native fd registry. The loop itself never polls through it.
+    """
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj: object) -> selectors.SelectorKey:
+        loop = self._loop()
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()  # type: ignore[attr-defined]
+        key = loop._fd_key(fd) if loop is not None else None
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        mask, reader, writer = key
+        return selectors.SelectorKey(fileobj, fd, mask, (reader, writer))
+
+    def close(self) -> None:
+        pass
+
+
+def _run_stdlib_handle(handle: events.Handle) -> None:
+    # A stdlib `asyncio.Handle` (signal handlers create those) runs its own error reporting.
+    if not handle._cancelled:
+        handle._run()
+
+
+class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     """A drop-in replacement for asyncio's default event loop."""
 
     def __init__(self) -> None:
         # The attributes `BaseEventLoop.__init__` sets, except those `LoopCore` keeps natively
         # (`_ready`, `_scheduled`, `_closed`, `_stopping`, `_thread_id`, `_debug`,
-        # `slow_callback_duration`, `_current_handle`, `_clock_resolution`).
+        # `slow_callback_duration`, `_current_handle`, `_clock_resolution`, `_task_factory`).
         self._timer_cancelled_count = 0
         self._default_executor = None
-        self._internal_fds = 0
+        # asyncio counts its self-pipe here; ferroloop's equivalent is the native eventfd waker.
+        self._internal_fds = 1
         self._exception_handler = None
         self._task_factory = None
         self._coroutine_origin_tracking_enabled = False
@@ -38,6 +72,13 @@ class Loop(_ferroloop.LoopCore, base_events.BaseEventLoop):
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._executor_shutdown_called = False
+        # `BaseSelectorEventLoop.__init__`'s: the native poller replaces the selector, and the
+        # self-pipe (only needed as the wakeup fd of signal handlers) is made on first use.
+        self._selector = _SelectorView(self)
+        self._ssock = self._csock = None
+        self._transports = weakref.WeakValueDictionary()
+        # `_UnixSelectorEventLoop.__init__`'s.
+        self._signal_handlers = {}
         self.set_debug(coroutines._is_debug_mode())
 
     def run_forever(self) -> None:
@@ -62,19 +103,50 @@ class Loop(_ferroloop.LoopCore, base_events.BaseEventLoop):
             sys.set_asyncgen_hooks(*old_agen_hooks)
 
     def close(self) -> None:
-        """Close the loop: drop queued callbacks, close the poller, shut the executor down.
-
-        Like asyncio, this does not wait for the executor's threads.
+        """Close the loop: drop queued callbacks, close the poller, shut the executor down,
+        restore signal handlers. Like asyncio, this does not wait for the executor's threads.
         """
         if self.is_running():
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:
             return
+        self._close_self_pipe()
         if self._debug:
             logger.debug("Close %r", self)
         self._close_core()
+        self._internal_fds -= 1  # the waker
+        self._selector = None  # as asyncio: transports' reprs then report "open"/"closed"
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+        # As `_UnixSelectorEventLoop.close`.
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown "
+                f"stage, skipping signal handlers removal",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+            self._signal_handlers.clear()
+
+    def add_signal_handler(self, sig, callback, *args):
+        """`loop.add_signal_handler`: makes the self-pipe (the wakeup fd) on first use."""
+        if self._ssock is None and not self._closed:
+            self._make_self_pipe()
+        return super().add_signal_handler(sig, callback, *args)
+
+    def _close_self_pipe(self) -> None:
+        if self._ssock is not None:
+            super()._close_self_pipe()
+
+    def _add_callback(self, handle):
+        # `BaseEventLoop._add_callback` appends a stdlib handle to `_ready`, which is native here.
+        if not handle._cancelled:
+            self.call_soon(_run_stdlib_handle, handle)
+

@@ -288,7 +288,6 @@ def replace_loop_classes(names, new_name, method, primary=None):
 
 
 def adapt_test_events(mod, target):
-    import asyncio
 
     from test.test_asyncio import utils as test_utils
 
@@ -302,26 +301,12 @@ def adapt_test_events(mod, target):
         if hasattr(mod, n):
             delattr(mod, n)
 
-    # The Unix classes are (UnixEventLoopTestsMixin, SubprocessTestsMixin, TestCase).
-    # UnixEventLoopTestsMixin only installs a SafeChildWatcher, whose attach_loop() calls
-    # loop.add_signal_handler(SIGCHLD); that would make every test of the class depend on
-    # signal support.  Use ThreadedChildWatcher (asyncio's default watcher on 3.8+, no
-    # loop hooks) instead, so only the subprocess tests depend on subprocess support.
+    # The same bases as CPython's own Unix classes (SelectEventLoopTests & co.).
     class FerroloopEventLoopTests(
-        mod.EventLoopTestsMixin, mod.SubprocessTestsMixin, test_utils.TestCase
+        mod.UnixEventLoopTestsMixin, mod.SubprocessTestsMixin, test_utils.TestCase
     ):
         def create_event_loop(self):
             return target.factory()
-
-        def setUp(self):
-            super().setUp()
-            watcher = asyncio.ThreadedChildWatcher()
-            watcher.attach_loop(self.loop)
-            asyncio.set_child_watcher(watcher)
-
-        def tearDown(self):
-            asyncio.set_child_watcher(None)
-            super().tearDown()
 
     _own(mod, FerroloopEventLoopTests)
 
