@@ -30,9 +30,9 @@ def make_loop(name):
     loop = getattr(module, attr)()
     # Make sure the factory really gave us the loop we mean to measure.
     if name == "asyncio":
-        assert isinstance(loop, asyncio.SelectorEventLoop), type(loop)
-    else:  # not the stdlib loop, and a class of the loop's package (or a bare native class)
-        assert not isinstance(loop, asyncio.SelectorEventLoop), type(loop)
+        assert type(loop) is asyncio.SelectorEventLoop, type(loop)
+    else:  # not the stdlib loop (a subclass is fine), and a class of the loop's package
+        assert type(loop) is not asyncio.SelectorEventLoop, type(loop)
         mods = {c.__module__.split(".")[0] for c in type(loop).__mro__}
         assert module_name in mods or type(loop).__module__ == "builtins", type(loop)
     return module, loop

@@ -120,6 +120,8 @@ def main(argv=None):
         if info:
             available.append(name)
         print(f"{name}: {info['version'] if info else 'n/a (' + err + ')'}", file=log)
+    if "ferroloop" in args.loops and "ferroloop" not in available:
+        sys.exit("bench: ferroloop is not usable here (see above); install it first")
 
     runs, summary = [], {}
     for scenario in args.scenarios:
