@@ -144,6 +144,17 @@ impl<T> Registry<T> {
         }
     }
 
+    /// Checks that no descriptor is kept without a callback; panics with a reason if broken.
+    pub fn check_invariants(&self) {
+        for (fd, slot) in &self.slots {
+            assert!(
+                !slot.interest().is_empty(),
+                "fd {fd} is registered with no callback"
+            );
+            assert!(*fd >= 0, "negative fd {fd} in the registry");
+        }
+    }
+
     /// Removes every entry (`close()`); the caller drops the callbacks.
     pub fn drain_all(&mut self) -> Vec<T> {
         let mut out = Vec::new();
@@ -177,5 +188,6 @@ mod tests {
         assert_eq!(r.remove(5, Side::Write), (Some(3), Change::Delete));
         assert!(r.is_empty());
         assert_eq!(r.remove(9, Side::Write), (None, Change::None));
+        r.check_invariants();
     }
 }

@@ -113,6 +113,12 @@ impl<T> Selector<T> {
         }
     }
 
+    /// Checks the registry's invariants (the poller's side is the kernel's and is checked by
+    /// the tests that poll).
+    pub fn check_invariants(&self) {
+        self.registry.check_invariants();
+    }
+
     /// Removes every registration (`close()`); the caller drops the callbacks.
     pub fn drain_all(&mut self) -> Vec<T> {
         self.registry.drain_all()
@@ -173,6 +179,7 @@ mod tests {
         assert_eq!(ready_list(&sel, &events), vec![(Side::Read, 1)]);
         assert_eq!(sel.remove(fd, Side::Read), Some(1));
         assert!(sel.is_empty());
+        sel.check_invariants();
     }
 
     #[test]
