@@ -3,9 +3,8 @@
 //!
 //! Invariants:
 //! - `LoopState` lives in a [`GilCell`] and is entered only for pure-Rust steps (see the
-//!   crate's ground rule); every
-//!   method that creates a Python object does so before borrowing, and every handle removed
-//!   from the state is dropped after the borrow ends;
+//!   crate's ground rule): every method that creates a Python object does so before entering,
+//!   and every handle removed from the state is dropped after leaving it;
 //! - after `close()`, `selector` and `waker` are `None` and the queues are empty: the epoll fd
 //!   and the eventfd are closed exactly once, by that drop;
 //! - `thread_id` is `Some` exactly while `run_forever` runs (asyncio's `is_running()`).
