@@ -1,0 +1,241 @@
+//! rust-echo: the pure-Rust ceiling of ferroloop's network benchmark (bench/net/run.py).
+//!
+//! A single-threaded, level-triggered epoll server doing what the Python servers do:
+//! echo every chunk it reads (one `recv` of up to 256 KiB per readiness event, then one
+//! `send`; the rest is queued and reads pause until it is written), or, with `--http`,
+//! answer every complete request head (`\r\n\r\n`) with a fixed keep-alive response.
+//!
+//!     rust-echo (--tcp HOST:PORT | --unix PATH) [--http]
+//!
+//! Prints `READY <port|path>` on stdout once listening; runs until killed.
+
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+
+const READ_SIZE: usize = 256 * 1024;
+const MAX_EVENTS: usize = 256;
+/// Must stay byte-identical to `RESPONSE` in bench/net/servers.py.
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
+
+#[derive(Default)]
+struct Conn {
+    /// Bytes still to send (non-empty only while registered for EPOLLOUT).
+    out: Vec<u8>,
+    out_pos: usize,
+    /// `--http`: received bytes not yet forming a complete request head.
+    inbuf: Vec<u8>,
+}
+
+fn fail(what: &str) -> ! {
+    eprintln!("rust-echo: {what}: {}", io::Error::last_os_error());
+    std::process::exit(1)
+}
+
+fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32) {
+    let mut ev = libc::epoll_event {
+        events,
+        u64: fd as u64,
+    };
+    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
+        fail("epoll_ctl");
+    }
+}
+
+/// Send as much of `data` as the socket takes; `Err` means the connection is gone.
+fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, ()> {
+    // SAFETY: `data` is a valid readable buffer of `data.len()` bytes.
+    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+    if n >= 0 {
+        return Ok(n as usize);
+    }
+    match io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+        _ => Err(()),
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+struct Server {
+    ep: RawFd,
+    http: bool,
+    tcp: bool,
+    conns: Vec<Option<Conn>>,
+    buf: Vec<u8>,
+}
+
+impl Server {
+    fn close(&mut self, fd: RawFd) {
+        epoll_ctl(self.ep, libc::EPOLL_CTL_DEL, fd, 0);
+        // SAFETY: `fd` is a connection socket we own; it is forgotten right after.
+        unsafe { libc::close(fd) };
+        self.conns[fd as usize] = None;
+    }
+
+    fn accept_all(&mut self, lfd: RawFd) {
+        loop {
+            let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+            // SAFETY: null address pointers are allowed by accept4.
+            let fd =
+                unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
+            if fd < 0 {
+                return; // EAGAIN (or a transient error): wait for the next readiness event
+            }
+            if self.tcp {
+                let one: libc::c_int = 1;
+                // SAFETY: `one` is a valid c_int option value of the given length.
+                unsafe {
+                    libc::setsockopt(
+                        fd,
+                        libc::IPPROTO_TCP,
+                        libc::TCP_NODELAY,
+                        (&one as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+            }
+            if self.conns.len() <= fd as usize {
+                self.conns.resize_with(fd as usize + 1, || None);
+            }
+            self.conns[fd as usize] = Some(Conn::default());
+            epoll_ctl(self.ep, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32);
+        }
+    }
+
+    fn readable(&mut self, fd: RawFd) {
+        // SAFETY: `self.buf` is a valid writable buffer of `self.buf.len()` bytes.
+        let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+        if n == 0 {
+            return self.close(fd);
+        }
+        if n < 0 {
+            return match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => {}
+                _ => self.close(fd),
+            };
+        }
+        let n = n as usize;
+        let conn = self.conns[fd as usize]
+            .as_mut()
+            .expect("event for an unknown fd");
+        let mut out = Vec::new();
+        let data: &[u8] = if self.http {
+            conn.inbuf.extend_from_slice(&self.buf[..n]);
+            let mut start = 0;
+            while let Some(end) = find_head_end(&conn.inbuf[start..]) {
+                out.extend_from_slice(RESPONSE);
+                start += end;
+            }
+            conn.inbuf.drain(..start);
+            &out
+        } else {
+            &self.buf[..n]
+        };
+        if data.is_empty() {
+            return;
+        }
+        match send_some(fd, data) {
+            Err(()) => self.close(fd),
+            Ok(sent) if sent < data.len() => {
+                conn.out = data[sent..].to_vec();
+                conn.out_pos = 0;
+                epoll_ctl(self.ep, libc::EPOLL_CTL_MOD, fd, libc::EPOLLOUT as u32);
+            }
+            Ok(_) => {}
+        }
+    }
+
+    fn writable(&mut self, fd: RawFd) {
+        let conn = self.conns[fd as usize]
+            .as_mut()
+            .expect("event for an unknown fd");
+        match send_some(fd, &conn.out[conn.out_pos..]) {
+            Err(()) => self.close(fd),
+            Ok(sent) => {
+                conn.out_pos += sent;
+                if conn.out_pos == conn.out.len() {
+                    conn.out.clear();
+                    conn.out_pos = 0;
+                    epoll_ctl(self.ep, libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN as u32);
+                }
+            }
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let http = args.iter().any(|a| a == "--http");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1].clone())
+    };
+    let (lfd, tcp, ready) = if let Some(addr) = value("--tcp") {
+        let listener = TcpListener::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        listener.set_nonblocking(true).expect("set_nonblocking");
+        let port = listener.local_addr().expect("local_addr").port();
+        (listener.into_raw_fd(), true, port.to_string())
+    } else if let Some(path) = value("--unix") {
+        let listener = UnixListener::bind(&path).unwrap_or_else(|e| panic!("bind {path}: {e}"));
+        listener.set_nonblocking(true).expect("set_nonblocking");
+        (listener.into_raw_fd(), false, path)
+    } else {
+        eprintln!("usage: rust-echo (--tcp HOST:PORT | --unix PATH) [--http]");
+        std::process::exit(2)
+    };
+
+    // SAFETY: plain syscall without pointer arguments.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        fail("epoll_create1");
+    }
+    epoll_ctl(ep, libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN as u32);
+    let mut server = Server {
+        ep,
+        http,
+        tcp,
+        conns: Vec::new(),
+        buf: vec![0; READ_SIZE],
+    };
+
+    let mut stdout = io::stdout();
+    writeln!(stdout, "READY {ready}")
+        .and_then(|_| stdout.flush())
+        .expect("stdout");
+
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+    loop {
+        // SAFETY: `events` holds MAX_EVENTS writable epoll_event entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), MAX_EVENTS as i32, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            fail("epoll_wait");
+        }
+        for ev in &events[..n as usize] {
+            let (fd, flags) = (ev.u64 as RawFd, ev.events);
+            if fd == lfd {
+                server.accept_all(lfd);
+            } else if server.conns.get(fd as usize).is_some_and(Option::is_some) {
+                let sending = server.conns[fd as usize]
+                    .as_ref()
+                    .is_some_and(|c| !c.out.is_empty());
+                if sending || flags & libc::EPOLLOUT as u32 != 0 {
+                    // Reads pause while output is queued (EPOLLHUP/EPOLLERR land here too).
+                    server.writable(fd);
+                } else {
+                    // EPOLLIN, EPOLLHUP or EPOLLERR: recv tells which.
+                    server.readable(fd);
+                }
+            }
+        }
+    }
+}
