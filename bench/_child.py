@@ -1,6 +1,11 @@
 """Run one (loop, scenario) measurement in this fresh process; print one JSON line.
 
-Usage: python3 bench/_child.py LOOP SCENARIO N CORE [--probe]
+Usage: python3 bench/_child.py LOOP SCENARIO N CORE [--probe] [--warmup=W] [--kwargs=JSON]
+
+The warm-up runs a tenth of the work (N // 10), or W operations with ``--warmup=W``;
+``--kwargs`` passes extra keyword arguments to the scenario function (warm-up and measured
+run). bench/run.py uses neither; bench/instructions.py uses a fixed W so that runs with
+different N share it.
 """
 
 import asyncio
@@ -50,17 +55,18 @@ def probe(name):
     return {"loop": name, "type": loop_type, "version": version}
 
 
-def measure(name, scenario, n):
+def measure(name, scenario, n, warmup=None, kwargs=None):
     fn, _, unit = SCENARIOS[scenario]
     _, loop = make_loop(name)
     asyncio.set_event_loop(loop)
     try:
-        # Warm-up on the same loop with a tenth of the work (idle: a short sleep).
+        # Warm-up on the same loop: a tenth of the work or --warmup=W (idle: a short sleep).
         warm = {"seconds": 0.05} if scenario == "idle_timers" else {}
-        fn(loop, max(1, n // 10), Meter(), **warm)
+        kwargs = kwargs or {}
+        fn(loop, max(1, n // 10 if warmup is None else warmup), Meter(), **warm, **kwargs)
         gc.collect()
         meter = Meter()
-        ops = fn(loop, n, meter)
+        ops = fn(loop, n, meter, **kwargs)
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
@@ -79,7 +85,13 @@ def measure(name, scenario, n):
 def main(argv):
     name, scenario, n, core = argv[:4]
     os.sched_setaffinity(0, {int(core)})  # before any thread starts, so all inherit it
-    result = probe(name) if "--probe" in argv else measure(name, scenario, int(n))
+    opts = dict(a[2:].split("=", 1) for a in argv[4:] if a.startswith("--") and "=" in a)
+    if "--probe" in argv:
+        result = probe(name)
+    else:
+        warmup = int(opts["warmup"]) if "warmup" in opts else None
+        kwargs = json.loads(opts["kwargs"]) if "kwargs" in opts else None
+        result = measure(name, scenario, int(n), warmup, kwargs)
     print(json.dumps(result))
 
 

@@ -86,8 +86,13 @@ def call_soon_batch(loop, n, meter, batch=1000):
     return n
 
 
-def call_later_cancel(loop, n, meter, spread=0.05):
-    """n timers with deadlines spread over ``spread`` s; every second one is cancelled."""
+def call_later_cancel(loop, n, meter, spread=0.05, settle=False):
+    """n timers with deadlines spread over ``spread`` s; every second one is cancelled.
+
+    With ``settle``, sleep until every deadline has passed before running the loop, so that
+    all timers fire in one iteration and the work done does not depend on timing
+    (bench/instructions.py; the sleep costs no CPU time).
+    """
     fired = odd = 0
     expected = n - n // 2
 
@@ -103,6 +108,8 @@ def call_later_cancel(loop, n, meter, spread=0.05):
         handles = [loop.call_later(i * step, cb, i) for i in range(n)]
         for h in handles[1::2]:
             h.cancel()
+        if settle:
+            time.sleep(spread + 0.002)  # + 2 ms: libuv rounds delays to whole milliseconds
         loop.run_forever()
     assert fired == expected and not odd, (fired, expected, odd)
     return n

@@ -181,13 +181,12 @@ unsafe fn parse_and_run(
     let slf = &slf;
     // SAFETY: PyVectorcall_NARGS only masks a flag bit off an integer.
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
-    let names = if kwnames.is_null() {
-        None
+    let nkw = if kwnames.is_null() {
+        0
     } else {
         // SAFETY: a non-NULL `kwnames` is a live tuple of strings (the caller's contract).
-        Some(unsafe { Bound::from_borrowed_ptr(py, kwnames) }.cast_into::<PyTuple>()?)
+        unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
     };
-    let nkw = names.as_ref().map_or(0, |t| t.len());
     // SAFETY: forwarded from this function's contract.
     let (positional, kwvalues) = unsafe { arg_slices(args, nargs, nkw) };
     // SAFETY: every pointer in the slices is a live borrowed reference for this call.
@@ -199,35 +198,35 @@ unsafe fn parse_and_run(
         *slot = Some(borrow(p));
     }
     let mut context = None;
-    if let Some(names) = &names {
-        let context_name = intern!(py, "context");
-        for (key, &value) in names.iter().zip(kwvalues) {
-            // Code objects pass interned names (identity); C `Task` passes its own "context"
-            // string, compared by its UTF-8 bytes (cached by CPython for ASCII strings).
-            let key = key.cast_into::<PyString>()?;
-            if key.is(context_name) {
-                context = Some(borrow(value).unbind());
-                continue;
+    let context_name = intern!(py, "context").as_ptr();
+    for (i, &value) in kwvalues.iter().enumerate() {
+        // SAFETY: `i < nkw`, the size of the live `kwnames` tuple; the item is borrowed.
+        let key = unsafe { ffi::PyTuple_GET_ITEM(kwnames, i as ffi::Py_ssize_t) };
+        // Code objects pass interned names (identity); C `Task` passes its own "context"
+        // string. Keyword names are always `str` (CPython checks that before the call).
+        let is_context = key == context_name || {
+            // SAFETY: `key` is a live `str`; the C string is NUL-terminated ASCII.
+            unsafe { ffi::PyUnicode_CompareWithASCIIString(key, c"context".as_ptr()) == 0 }
+        };
+        if is_context {
+            context = Some(borrow(value).unbind());
+            continue;
+        }
+        let key = borrow(key).cast_into::<PyString>()?;
+        let key = key.to_str()?;
+        match entry.fixed.iter().position(|f| *f == key) {
+            Some(slot) if fixed[slot].is_none() => fixed[slot] = Some(borrow(value)),
+            Some(_) => {
+                return Err(PyTypeError::new_err(format!(
+                    "BaseEventLoop.{}() got multiple values for argument '{key}'",
+                    entry.name.to_string_lossy()
+                )))
             }
-            let key = key.to_str()?;
-            if key == "context" {
-                context = Some(borrow(value).unbind());
-                continue;
-            }
-            match entry.fixed.iter().position(|f| *f == key) {
-                Some(slot) if fixed[slot].is_none() => fixed[slot] = Some(borrow(value)),
-                Some(_) => {
-                    return Err(PyTypeError::new_err(format!(
-                        "BaseEventLoop.{}() got multiple values for argument '{key}'",
-                        entry.name.to_string_lossy()
-                    )))
-                }
-                None => {
-                    return Err(PyTypeError::new_err(format!(
-                        "BaseEventLoop.{}() got an unexpected keyword argument '{key}'",
-                        entry.name.to_string_lossy()
-                    )))
-                }
+            None => {
+                return Err(PyTypeError::new_err(format!(
+                    "BaseEventLoop.{}() got an unexpected keyword argument '{key}'",
+                    entry.name.to_string_lossy()
+                )))
             }
         }
     }
