@@ -149,4 +149,3 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         # `BaseEventLoop._add_callback` appends a stdlib handle to `_ready`, which is native here.
         if not handle._cancelled:
             self.call_soon(_run_stdlib_handle, handle)
-
