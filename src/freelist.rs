@@ -1,4 +1,5 @@
-//! Freelists for `Handle` and `TimerHandle` objects, guarded by the GIL.
+//! Allocation and deallocation of `Handle` and `TimerHandle` objects: freelists guarded by the
+//! GIL, and a `tp_dealloc` without PyO3's trampoline.
 //!
 //! Every `call_soon` allocates a handle and every run frees one. Keeping freed objects for
 //! reuse skips the allocator and the cyclic GC's allocation count (a GC-type allocation counts
@@ -11,10 +12,16 @@
 //!   (contents dropped, untracked by the GC, weak references cleared) and that nothing
 //!   references: they are memory awaiting `PyObject_Init`, as with PyO3's own freelists;
 //! - objects of other types (Python subclasses) go to and come from the normal allocator;
-//! - at most [`CAPACITY`] objects are kept per type; the rest are freed with `PyObject_GC_Del`.
+//! - at most [`CAPACITY`] objects are kept per type; the rest are freed with `PyObject_GC_Del`;
+//! - `tp_dealloc` is PyO3's own layout deallocation (drop the Rust value, clear weak references,
+//!   `tp_free`, release the type), called directly: it relies on PyO3 0.30's `impl_` layout API,
+//!   which `Cargo.lock` pins and the test suite exercises on every handle.
 
 use crate::gil_cell::GilCell;
+use crate::handles::{Handle, TimerHandle};
 use pyo3::ffi;
+use pyo3::impl_::pycell::PyClassObjectBaseLayout;
+use pyo3::impl_::pyclass::PyClassImpl;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 use std::ffi::c_void;
@@ -75,22 +82,38 @@ unsafe extern "C" fn free<const K: usize>(obj: *mut c_void) {
     unsafe { ffi::PyObject_GC_Del(obj) }
 }
 
+/// `tp_dealloc` of a handle type: PyO3's own deallocation of the object, without PyO3's
+/// trampoline around it (which maintains a thread-local attach count and a panic guard; a
+/// handle's drop cannot panic). A `Py` field dropped here while PyO3's attach count is zero (a
+/// handle released by pure Python code) has its decrement deferred to PyO3's pool, which PyO3
+/// drains at its next entry point; handles released by the loop itself are not affected.
+unsafe extern "C" fn dealloc<T: PyClassImpl + pyo3::PyTypeInfo>(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_dealloc with the GIL held on an object of this type with no
+    // references left; untracking first is what tp_dealloc of a GC type must do.
+    unsafe {
+        ffi::PyObject_GC_UnTrack(obj.cast());
+        let py = Python::assume_attached();
+        <T::Layout as PyClassObjectBaseLayout<T>>::tp_dealloc(py, obj);
+    }
+}
+
 /// Installs the freelists as `tp_alloc`/`tp_free` of the two handle types. Must run right after
 /// the types are created, before any instance exists.
 pub fn install(handle: &Bound<'_, PyType>, timer: &Bound<'_, PyType>) {
     for (k, ty) in [handle, timer].into_iter().enumerate() {
         let raw = ty.as_type_ptr();
         TYPES[k].store(raw, Ordering::Relaxed);
-        let (a, f): (ffi::allocfunc, ffi::freefunc) = if k == 0 {
-            (alloc::<0>, free::<0>)
+        let (a, f, d): (ffi::allocfunc, ffi::freefunc, ffi::destructor) = if k == 0 {
+            (alloc::<0>, free::<0>, dealloc::<Handle>)
         } else {
-            (alloc::<1>, free::<1>)
+            (alloc::<1>, free::<1>, dealloc::<TimerHandle>)
         };
         // SAFETY: `raw` is a live heap type created by PyO3 with no instances yet; replacing
         // its allocation slots is what PyType_Ready-time slot definitions would have done.
         unsafe {
             (*raw).tp_alloc = Some(a);
             (*raw).tp_free = Some(f);
+            (*raw).tp_dealloc = Some(d);
         }
     }
 }
