@@ -175,3 +175,28 @@ def test_unclosed_loop_gc(loop_factory, recwarn):
     assert _open_fds() - before == set()
     unclosed = [w for w in recwarn if issubclass(w.category, ResourceWarning)]
     assert any("unclosed" in str(w.message) for w in unclosed), [str(w.message) for w in recwarn]
+
+
+def test_reference_cycles_through_handles_are_collected(loop, spin):
+    """An object that keeps the handle of its own callback is collected once the handle ran or
+    was cancelled (ferroloop's handles are outside the cyclic GC; they release their callback
+    instead)."""
+    import gc
+    import weakref
+
+    class Owner:
+        def callback(self):
+            pass
+
+    ran, cancelled = Owner(), Owner()
+    ran.handles = [loop.call_soon(ran.callback), loop.call_later(0, ran.callback)]
+    cancelled.handles = [loop.call_later(3600, cancelled.callback)]
+    cancelled.handles[0].cancel()
+    refs = [weakref.ref(ran), weakref.ref(cancelled)]
+    del ran, cancelled
+    deadline = loop.time() + 1
+    while loop.time() < deadline and refs[0]() is not None:
+        spin(1)
+        gc.collect()
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
