@@ -75,25 +75,39 @@ pub struct LoopCore {
     st: GilCell<LoopState>,
 }
 
+impl LoopState {
+    /// Empties the ready queue, the batch, the timer heap and the fd registry; returns every
+    /// handle they held, timers marked unscheduled. The caller releases their callbacks and
+    /// drops them outside the state (`close()` and the loop's `Drop`).
+    fn drain_handles(&mut self) -> Vec<Py<Handle>> {
+        let mut handles: Vec<Py<Handle>> = self.ready.drain_all().into_iter().collect();
+        handles.extend(self.batch.drain(..));
+        for timer in self.timers.drain_all() {
+            timer.0.get().set_unscheduled();
+            handles.push(timer.0);
+        }
+        if let Some(selector) = self.selector.as_mut() {
+            handles.extend(selector.drain_all());
+        }
+        handles
+    }
+}
+
+/// Releases the callbacks of handles taken out of a loop (see [`Handle::release`]).
+fn release_all(py: Python<'_>, handles: &[Py<Handle>]) {
+    for handle in handles {
+        handle.get().release(py);
+    }
+}
+
 impl Drop for LoopCore {
     /// A loop dropped without `close()` releases the callbacks of its pending handles, so a
     /// handle the user still holds cannot keep a reference cycle alive.
     fn drop(&mut self) {
-        let st = self.st.get_mut();
-        let mut handles: Vec<Py<Handle>> = st.ready.drain_all().into_iter().collect();
-        handles.extend(st.batch.drain(..));
-        handles.extend(st.timers.drain_all().into_iter().map(|timer| timer.0));
-        if let Some(selector) = st.selector.as_mut() {
-            handles.extend(selector.drain_all());
-        }
+        let handles = self.st.get_mut().drain_handles();
         if !handles.is_empty() {
             // Deallocation runs with the GIL held; `attach` only hands us the token.
-            Python::attach(|py| {
-                for handle in &handles {
-                    handle.get().set_unscheduled();
-                    handle.get().release(py);
-                }
-            });
+            Python::attach(|py| release_all(py, &handles));
         }
     }
 }
@@ -589,31 +603,13 @@ impl LoopCore {
 
     /// The native half of `close()`: empties the queues and closes the poller and the waker.
     fn _close_core(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let (ready, batch, timers, registered, selector, waker) = Self::state(slf, |st| {
+        let (handles, selector, waker) = Self::state(slf, |st| {
             st.closed = true;
-            let registered = st
-                .selector
-                .as_mut()
-                .map(|s| s.drain_all())
-                .unwrap_or_default();
-            (
-                st.ready.drain_all(),
-                std::mem::take(&mut st.batch),
-                st.timers.drain_all(),
-                registered,
-                st.selector.take(),
-                st.waker.take(),
-            )
+            (st.drain_handles(), st.selector.take(), st.waker.take())
         })?;
-        let py = slf.py();
-        for timer in &timers {
-            timer.0.get().set_unscheduled();
-            timer.0.get().release(py);
-        }
-        for handle in ready.iter().chain(batch.iter()).chain(registered.iter()) {
-            handle.get().release(py);
-        }
-        drop((ready, batch, timers, registered, selector, waker));
+        release_all(slf.py(), &handles);
+        // Dropping the selector and the waker closes the epoll fd and the eventfd.
+        drop((handles, selector, waker));
         Ok(())
     }
 

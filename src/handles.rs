@@ -289,7 +289,7 @@ impl Drop for Handle {
 impl Handle {
     /// `Handle.cancel()`: the callback will not run; its references are released.
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
-        slf.get().do_cancel(slf.py(), slf.as_any())
+        Self::cancel_py(slf)
     }
 
     /// `Handle.cancelled()`.
