@@ -16,6 +16,8 @@
 //! Cross-thread wakeups go through the [`waker::Waker`], which writes its eventfd only when the
 //! loop is blocked (or about to block) in the poller and no wakeup is already pending.
 //!
+//! Stream transports keep their unsent bytes in a [`transports::WriteBuffer`].
+//!
 //! All `unsafe` code (system calls) lives in [`sys`].
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -27,4 +29,5 @@ pub mod registry;
 pub mod selector;
 pub mod sys;
 pub mod timers;
+pub mod transports;
 pub mod waker;

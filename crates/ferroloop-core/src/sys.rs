@@ -104,6 +104,42 @@ pub fn fd_is_open(fd: RawFd) -> bool {
     syscall!(fcntl(fd, libc::F_GETFD)).is_ok()
 }
 
+/// `recv(fd, buf, 0)`: reads what the socket has, up to `buf.len()` bytes; 0 means EOF.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // `buf` is a live, writable slice of `buf.len()` bytes; the kernel validates `fd`.
+    let n = syscall!(recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0))?;
+    Ok(n as usize)
+}
+
+/// `send(fd, buf, MSG_NOSIGNAL)`: a peer that went away gives `EPIPE`, never `SIGPIPE`.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // `buf` is a live, readable slice of `buf.len()` bytes; the kernel validates `fd`.
+    let n = syscall!(send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL))?;
+    Ok(n as usize)
+}
+
+/// Linux's limit on the slices of one `sendmsg` (`UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
+
+/// Gathered `send` of several slices in one call (`sendmsg`, `MSG_NOSIGNAL`).
+pub fn send_vectored(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: an all-zero `msghdr` is valid (null name and control, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    // `IoSlice` is ABI-compatible with `iovec` on Unix (std guarantees it); the kernel only
+    // reads through these pointers, and `bufs` outlives the call.
+    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(IOV_MAX) as _;
+    // `msg` is a live local whose iovecs point into `bufs`.
+    let n = syscall!(sendmsg(fd, &msg, libc::MSG_NOSIGNAL))?;
+    Ok(n as usize)
+}
+
+/// `shutdown(fd, SHUT_WR)`: sends EOF to the peer.
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    // Plain integer arguments.
+    syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
