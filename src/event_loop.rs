@@ -261,8 +261,18 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
+        Self::add_fd_callback(slf, fileobj_to_fd(fd)?, side, callback, args)
+    }
+
+    /// `_add_reader`/`_add_writer` on a descriptor number (also used by the native transports).
+    pub fn add_fd_callback(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        side: Side,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let fd = fileobj_to_fd(fd)?;
         let method = if side == Side::Read {
             "add_reader"
         } else {
@@ -292,7 +302,11 @@ impl LoopCore {
         fd: &Bound<'_, PyAny>,
         side: Side,
     ) -> PyResult<bool> {
-        let fd = fileobj_to_fd(fd)?;
+        Self::remove_fd(slf, fileobj_to_fd(fd)?, side)
+    }
+
+    /// `_remove_reader`/`_remove_writer` on a descriptor number: whether there was one.
+    pub fn remove_fd(slf: &Bound<'_, Self>, fd: RawFd, side: Side) -> PyResult<bool> {
         let removed = Self::state(slf, |st| {
             st.selector.as_mut().and_then(|sel| sel.remove(fd, side))
         })?;
@@ -303,6 +317,20 @@ impl LoopCore {
             }
             None => Ok(false),
         }
+    }
+
+    /// `loop.call_soon(callback, *args)` from Rust (the native transports).
+    pub fn call_soon_native(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::soon(slf, callback, args, None, false).map(drop)
+    }
+
+    /// Whether the loop is in debug mode (`get_debug()`).
+    pub fn debug(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Self::state(slf, |st| st.debug)
     }
 }
 

@@ -62,6 +62,19 @@ impl<T> GilCell<T> {
         Ok(f(unsafe { &mut *self.value.get() }))
     }
 
+    /// Shared access for the garbage collector's `__traverse__`, which runs with the GIL held
+    /// but gets no `Python` token; `None` while the cell is entered (the collector then skips
+    /// the value's references, which only delays collecting a cycle).
+    pub fn peek_for_traverse(&self) -> Option<&T> {
+        if self.busy.get() {
+            return None;
+        }
+        // SAFETY: traversal runs with the GIL held, so no other thread is in `with`; `busy` is
+        // false, so no `&mut` exists on this thread; the collector's visit callbacks run no
+        // Python code, so no `with` can start while the reference lives.
+        Some(unsafe { &*self.value.get() })
+    }
+
     /// Exclusive access through `&mut self` (e.g. in `Drop`): no flag needed.
     pub fn get_mut(&mut self) -> &mut T {
         self.value.get_mut()

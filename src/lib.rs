@@ -11,6 +11,7 @@
 //! leave the state are dropped after the borrow ends.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod buffers;
 mod context;
 mod errors;
 mod event_loop;
@@ -20,6 +21,7 @@ mod gil_cell;
 mod handles;
 mod py_helpers;
 mod run_once;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -35,6 +37,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
         &m.py().get_type::<handles::Handle>(),
         &m.py().get_type::<handles::TimerHandle>(),
     );
+    m.add_class::<transports::socket::SocketTransportCore>()?;
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
     m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;
     Ok(())

@@ -1,7 +1,7 @@
 //! Python functions the binding borrows from asyncio, imported once and cached.
 //!
-//! These are used only for formatting (reprs, error messages, debug logging): hot paths never
-//! call them.
+//! These are used for formatting (reprs, error messages, debug logging) and for the protocol
+//! check when a transport gets a protocol; per-callback paths never call them.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -11,7 +11,6 @@ static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GETFRAME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASKS_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn cached<'py>(
@@ -62,8 +61,7 @@ pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 /// `asyncio.log.logger.warning('Executing %s took %.3f seconds', handle_text, seconds)`.
 pub fn log_slow_callback(py: Python<'_>, handle_text: String, seconds: f64) -> PyResult<()> {
-    let logger = cached(py, &LOGGER, "asyncio.log", "logger")?;
-    logger
+    logger(py)?
         .call_method1(
             "warning",
             ("Executing %s took %.3f seconds", handle_text, seconds),
@@ -77,4 +75,23 @@ pub fn tasks_module(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     TASKS_MODULE
         .get_or_try_init(py, || Ok(py.import("asyncio.tasks")?.into_any().unbind()))
         .map(|m| m.bind(py).clone())
+}
+
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio.log.logger`.
+pub fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    cached(py, &LOGGER, "asyncio.log", "logger")
+}
+
+/// `isinstance(protocol, asyncio.BufferedProtocol)`: transports pick their read path by it.
+pub fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let class = cached(
+        protocol.py(),
+        &BUFFERED_PROTOCOL,
+        "asyncio.protocols",
+        "BufferedProtocol",
+    )?;
+    protocol.is_instance(&class)
 }

@@ -21,6 +21,7 @@ from asyncio import coroutines, events, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
+from ._transports import SocketTransport
 
 __all__ = ["Loop"]
 
@@ -144,6 +145,13 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     def _close_self_pipe(self) -> None:
         if self._ssock is not None:
             super()._close_self_pipe()
+
+    def _make_socket_transport(
+        self, sock, protocol, waiter=None, *, extra=None, server=None
+    ):
+        """The transport of a connected stream socket: native data path (`SocketTransport`)."""
+        self._ensure_fd_no_transport(sock)
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _add_callback(self, handle):
         # `BaseEventLoop._add_callback` appends a stdlib handle to `_ready`, which is native here.

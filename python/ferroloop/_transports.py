@@ -1,0 +1,175 @@
+"""ferroloop's transports: native data paths behind asyncio's own transport classes.
+
+`SocketTransport` is what `loop._make_socket_transport` returns for TCP and Unix stream
+sockets, so `create_connection`, `create_server`, `create_unix_*`, `connect_accepted_socket`,
+asyncio's streams and `start_tls` all get it. It is a real `asyncio.Transport` (through
+`transports._FlowControlMixin`, as asyncio's `_SelectorSocketTransport`), so `isinstance`
+checks and `loop.sendfile`'s fallback work. The data path is its native core
+(`_ferroloop.SocketTransportCore`): the loop's reader calls the core, which `recv`s and calls
+the protocol directly; `transport.write` *is* the core's bound method (an instance attribute),
+so a protocol's write costs no Python frame. The other methods forward to the core.
+"""
+
+from __future__ import annotations
+
+import selectors
+import warnings
+from asyncio import base_events, constants, futures, transports, trsock
+from asyncio.log import logger
+
+from . import _ferroloop
+
+__all__ = ["SocketTransport"]
+
+
+def _polling(loop, fd: int, event: int) -> bool:
+    try:
+        key = loop._selector.get_key(fd)
+    except (KeyError, AttributeError):
+        return False
+    return bool(key.events & event)
+
+
+class SocketTransport(transports._FlowControlMixin, transports.Transport):
+    """A stream-socket transport (`asyncio.selector_events._SelectorSocketTransport`)."""
+
+    max_size = 256 * 1024  # The most one recv() reads (fixed in the core).
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
+        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it.
+        self._extra = extra = {} if extra is None else extra
+        extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            extra["sockname"] = sock.getsockname()
+        except OSError:
+            extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                extra["peername"] = sock.getpeername()
+            except OSError:
+                extra["peername"] = None
+        core = _ferroloop.SocketTransportCore(self, loop, sock, protocol, extra)
+        self._core = core
+        self.write = core.write
+        core._server = server
+        if server is not None:
+            server._attach()
+        loop._transports[core._sock_fd] = self
+        # Disable the Nagle algorithm, as asyncio does: small writes go out at once.
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        # Only start reading when connection_made() has been called.
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            # Only wake up the waiter when connection_made() has been called.
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    # The attributes asyncio's transports have, read from the core. They replace the slots of
+    # `_FlowControlMixin`, whose state lives in the core.
+    _loop = property(lambda self: self._core._loop)
+    _sock = property(lambda self: self._core._sock)
+    _sock_fd = property(lambda self: self._core._sock_fd)
+    _protocol = property(lambda self: self._core._protocol)
+    _server = property(lambda self: self._core._server)
+    _closing = property(lambda self: self._core._closing)
+    _conn_lost = property(lambda self: self._core._conn_lost)
+    _eof = property(lambda self: self._core._eof)
+    _paused = property(lambda self: self._core._paused)
+    _protocol_paused = property(lambda self: self._core._protocol_paused)
+    _empty_waiter = property(lambda self: self._core._empty_waiter)
+    _high_water = property(lambda self: self._core.get_write_buffer_limits()[1])
+    _low_water = property(lambda self: self._core.get_write_buffer_limits()[0])
+
+    def writelines(self, list_of_data) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def set_protocol(self, protocol) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self):
+        return self._core.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    def _force_close(self, exc) -> None:
+        self._core._force_close(exc)
+
+    def _make_empty_waiter(self):
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._reset_empty_waiter()
+
+    def __repr__(self) -> str:
+        core = self._core
+        info = [self.__class__.__name__]
+        if core._sock is None:
+            info.append("closed")
+        elif core._closing:
+            info.append("closing")
+        info.append(f"fd={core._sock_fd}")
+        loop = core._loop
+        if loop is not None and not loop.is_closed():
+            reading = _polling(loop, core._sock_fd, selectors.EVENT_READ)
+            info.append("read=polling" if reading else "read=idle")
+            writing = _polling(loop, core._sock_fd, selectors.EVENT_WRITE)
+            state = "polling" if writing else "idle"
+            info.append(f"write=<{state}, bufsize={core.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn) -> None:
+        core = getattr(self, "_core", None)
+        sock = core._sock if core is not None else None
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        # As `_SelectorTransport._fatal_error`: OS errors are expected (peers go away) and
+        # only logged in debug mode; anything else goes to the exception handler.
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=exc)
+        else:
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
