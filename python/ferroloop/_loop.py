@@ -146,9 +146,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         if self._ssock is not None:
             super()._close_self_pipe()
 
-    def _make_socket_transport(
-        self, sock, protocol, waiter=None, *, extra=None, server=None
-    ):
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         """The transport of a connected stream socket: native data path (`SocketTransport`)."""
         self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server)

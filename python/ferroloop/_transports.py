@@ -30,26 +30,25 @@ def _polling(loop, fd: int, event: int) -> bool:
     return bool(key.events & event)
 
 
+_SOCKET_INFO = frozenset(("socket", "sockname", "peername"))
+
+
 class SocketTransport(transports._FlowControlMixin, transports.Transport):
     """A stream-socket transport (`asyncio.selector_events._SelectorSocketTransport`)."""
+
+    # `_core` and the bound `write` are slots, so an idle connection pays for no instance dict
+    # (`__dict__` stays available for users who set attributes, as on asyncio's transports).
+    __slots__ = ("_core", "write", "__dict__", "__weakref__")
 
     max_size = 256 * 1024  # The most one recv() reads (fixed in the core).
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
-        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it.
+        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it. asyncio
+        # fills in 'socket', 'sockname' and 'peername' here; they are filled on first use
+        # (or before the socket closes), so an idle connection does not hold them.
         self._extra = extra = {} if extra is None else extra
-        extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            extra["sockname"] = sock.getsockname()
-        except OSError:
-            extra["sockname"] = None
-        if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
         core = _ferroloop.SocketTransportCore(self, loop, sock, protocol, extra)
         self._core = core
         self.write = core.write
@@ -81,6 +80,30 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     _empty_waiter = property(lambda self: self._core._empty_waiter)
     _high_water = property(lambda self: self._core.get_write_buffer_limits()[1])
     _low_water = property(lambda self: self._core.get_write_buffer_limits()[0])
+
+    def get_extra_info(self, name, default=None):
+        extra = self._extra
+        if name in _SOCKET_INFO and name not in extra:
+            self._fill_extra()
+        return extra.get(name, default)
+
+    def _fill_extra(self) -> None:
+        # What asyncio's `_SelectorTransport.__init__` stores, taken while the socket is open
+        # (the core calls this before closing it).
+        sock = self._core._sock
+        extra = self._extra
+        if sock is None or "socket" in extra:
+            return
+        extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            extra["sockname"] = sock.getsockname()
+        except OSError:
+            extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                extra["peername"] = sock.getpeername()
+            except OSError:
+                extra["peername"] = None
 
     def writelines(self, list_of_data) -> None:
         self._core.writelines(list_of_data)

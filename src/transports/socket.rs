@@ -29,8 +29,7 @@ use ferroloop_core::registry::Side;
 use ferroloop_core::sys;
 use ferroloop_core::transports::WriteBuffer;
 use pyo3::exceptions::{
-    PyConnectionError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError,
-    PyValueError,
+    PyConnectionError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -123,7 +122,11 @@ impl SocketTransportCore {
         Ok(())
     }
 
-    fn add(slf: Slf<'_, '_>, side: Side, method: &Bound<'_, pyo3::types::PyString>) -> PyResult<()> {
+    fn add(
+        slf: Slf<'_, '_>,
+        side: Side,
+        method: &Bound<'_, pyo3::types::PyString>,
+    ) -> PyResult<()> {
         if let Some(lp) = Self::event_loop(slf)? {
             let callback = slf.getattr(method)?;
             LoopCore::add_fd_callback(
@@ -328,9 +331,7 @@ impl SocketTransportCore {
         let fd = slf.get().fd;
         let buffered_before = Self::with(slf, |s| !s.buffer.is_empty())?;
         if buffered_before {
-            buffers::with_readable(data, |bytes| {
-                Self::with(slf, |s| s.buffer.push(bytes))
-            })??;
+            buffers::with_readable(data, |bytes| Self::with(slf, |s| s.buffer.push(bytes)))??;
             return Self::maybe_pause_protocol(slf);
         }
         // Optimization (asyncio's): try to send now.
@@ -512,11 +513,12 @@ impl SocketTransportCore {
                 data.get_type().name()?.repr()?
             )));
         }
-        let (eof, sendfile, lost) = Self::with(slf, |s| {
-            (s.eof, s.empty_waiter.is_some(), s.conn_lost)
-        })?;
+        let (eof, sendfile, lost) =
+            Self::with(slf, |s| (s.eof, s.empty_waiter.is_some(), s.conn_lost))?;
         if eof {
-            return Err(PyRuntimeError::new_err("Cannot call write() after write_eof()"));
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
         }
         if sendfile {
             return Err(PyRuntimeError::new_err(
@@ -624,6 +626,11 @@ impl SocketTransportCore {
     /// `_call_connection_lost(exc)`: tell the protocol, close the socket, detach the server.
     fn _call_connection_lost(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
+        // The socket's addresses, which asyncio keeps in `extra`, are taken before it closes.
+        let transport = Self::transport(slf)?;
+        if !transport.is(slf) {
+            transport.call_method0(intern!(py, "_fill_extra"))?;
+        }
         let (connected, protocol) = Self::with(slf, |s| {
             (
                 s.protocol_connected,
@@ -636,7 +643,7 @@ impl SocketTransportCore {
                 .map(drop),
             _ => Ok(()),
         };
-        let (sock, protocol, event_loop, server, transport) = Self::with(slf, |s| {
+        let (sock, protocol, event_loop, server, transport_ref) = Self::with(slf, |s| {
             (
                 s.sock.take(),
                 s.protocol.take(),
@@ -662,7 +669,7 @@ impl SocketTransportCore {
             let err = PyConnectionError::new_err("Connection is closed by peer");
             waiter.call_method1(py, intern!(py, "set_exception"), (err.into_value(py),))?;
         }
-        drop(transport);
+        drop((transport, transport_ref));
         Ok(())
     }
 
@@ -728,19 +735,6 @@ impl SocketTransportCore {
         Ok(Self::protocol(slf)?.map(Bound::unbind))
     }
 
-    #[pyo3(signature = (name, default = None))]
-    fn get_extra_info(
-        slf: Slf<'_, '_>,
-        name: &Bound<'_, PyAny>,
-        default: Option<Py<PyAny>>,
-    ) -> PyResult<Option<Py<PyAny>>> {
-        let extra = Self::with(slf, |s| s.extra.clone_ref(slf.py()))?;
-        Ok(match extra.bind(slf.py()).get_item(name)? {
-            Some(value) => Some(value.unbind()),
-            None => default,
-        })
-    }
-
     fn get_write_buffer_size(slf: Slf<'_, '_>) -> PyResult<usize> {
         Self::with(slf, |s| s.buffer.len())
     }
@@ -758,11 +752,12 @@ impl SocketTransportCore {
     ) -> PyResult<()> {
         let py = slf.py();
         let none = |v: Option<&Bound<'_, PyAny>>| v.is_none_or(|v| v.is_none());
-        let high: Bound<'_, PyAny> = match (high.filter(|_| !none(high)), low.filter(|_| !none(low))) {
-            (Some(high), _) => high.clone(),
-            (None, Some(low)) => low.mul(4)?,
-            (None, None) => (64usize * 1024).into_pyobject(py)?.into_any(),
-        };
+        let high: Bound<'_, PyAny> =
+            match (high.filter(|_| !none(high)), low.filter(|_| !none(low))) {
+                (Some(high), _) => high.clone(),
+                (None, Some(low)) => low.mul(4)?,
+                (None, None) => (64usize * 1024).into_pyobject(py)?.into_any(),
+            };
         let low: Bound<'_, PyAny> = match low.filter(|v| !v.is_none()) {
             Some(low) => low.clone(),
             None => high.floor_div(4)?,

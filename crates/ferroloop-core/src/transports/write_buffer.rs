@@ -90,7 +90,8 @@ impl WriteBuffer {
         let n = if self.chunks.len() == 1 {
             sys::send(fd, &self.chunks[0][self.head..])?
         } else {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(self.chunks.len().min(MAX_SLICES));
+            let mut slices: Vec<IoSlice<'_>> =
+                Vec::with_capacity(self.chunks.len().min(MAX_SLICES));
             for (i, chunk) in self.chunks.iter().take(MAX_SLICES).enumerate() {
                 let start = if i == 0 { self.head } else { 0 };
                 slices.push(IoSlice::new(&chunk[start..]));
@@ -105,7 +106,11 @@ impl WriteBuffer {
     pub fn check_invariants(&self) {
         assert!(self.chunks.iter().all(|c| !c.is_empty()), "empty chunk");
         let total: usize = self.chunks.iter().map(Vec::len).sum();
-        assert_eq!(total - self.head, self.len, "len out of step with the chunks");
+        assert_eq!(
+            total - self.head,
+            self.len,
+            "len out of step with the chunks"
+        );
         match self.chunks.front() {
             Some(front) => assert!(self.head < front.len(), "head past the front chunk"),
             None => assert_eq!(self.head, 0, "head set on an empty buffer"),
