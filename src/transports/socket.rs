@@ -25,24 +25,18 @@ use crate::errors::os_error;
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
 use crate::py_helpers;
+use crate::transports::{
+    self, escapes, is_retry, FlowControl, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_SIZE,
+};
 use ferroloop_core::registry::Side;
 use ferroloop_core::sys;
 use ferroloop_core::transports::WriteBuffer;
-use pyo3::exceptions::{
-    PyConnectionError, PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
-use std::io;
 use std::os::fd::RawFd;
-
-/// `_SelectorTransport.max_size`: the most one `recv` reads.
-const MAX_SIZE: usize = 256 * 1024;
-
-/// `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 /// One receive buffer for all transports: a `recv` fills it and its bytes are copied into the
 /// `bytes` handed to `data_received`, so an idle connection holds no receive memory.
@@ -66,9 +60,7 @@ struct State {
     paused: bool,
     eof: bool,
     empty_waiter: Option<Py<PyAny>>,
-    protocol_paused: bool,
-    high_water: usize,
-    low_water: usize,
+    flow: FlowControl,
 }
 
 /// The native core of `ferroloop._transports.SocketTransport`.
@@ -76,19 +68,6 @@ struct State {
 pub struct SocketTransportCore {
     fd: RawFd,
     st: GilCell<State>,
-}
-
-/// Whether an exception must leave the loop (`SystemExit`, `KeyboardInterrupt`) rather than be
-/// handled as a fatal transport error.
-fn escapes(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
-}
-
-fn is_retry(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
 
 type Slf<'a, 'py> = &'a Bound<'py, SocketTransportCore>;
@@ -275,14 +254,7 @@ impl SocketTransportCore {
 
     /// `_FlowControlMixin._maybe_pause_protocol`.
     fn maybe_pause_protocol(slf: Slf<'_, '_>) -> PyResult<()> {
-        let pause = Self::with(slf, |s| {
-            let pause = s.buffer.len() > s.high_water && !s.protocol_paused;
-            if pause {
-                s.protocol_paused = true;
-            }
-            pause
-        })?;
-        if pause {
+        if Self::with(slf, |s| s.flow.pause_needed(s.buffer.len()))? {
             Self::flow_call(slf, "pause_writing")?;
         }
         Ok(())
@@ -290,40 +262,23 @@ impl SocketTransportCore {
 
     /// `_FlowControlMixin._maybe_resume_protocol`.
     fn maybe_resume_protocol(slf: Slf<'_, '_>) -> PyResult<()> {
-        let resume = Self::with(slf, |s| {
-            let resume = s.protocol_paused && s.buffer.len() <= s.low_water;
-            if resume {
-                s.protocol_paused = false;
-            }
-            resume
-        })?;
-        if resume {
+        if Self::with(slf, |s| s.flow.resume_needed(s.buffer.len()))? {
             Self::flow_call(slf, "resume_writing")?;
         }
         Ok(())
     }
 
-    /// `protocol.pause_writing()`/`resume_writing()`; a failure goes to the exception handler.
     fn flow_call(slf: Slf<'_, '_>, method: &str) -> PyResult<()> {
-        let py = slf.py();
         let Some(protocol) = Self::protocol(slf)? else {
             return Ok(());
         };
-        let Err(err) = protocol.call_method0(method) else {
-            return Ok(());
-        };
-        if escapes(py, &err) {
-            return Err(err);
-        }
-        let context = PyDict::new(py);
-        context.set_item("message", format!("protocol.{method}() failed"))?;
-        context.set_item("exception", err.into_value(py))?;
-        context.set_item("transport", Self::transport(slf)?)?;
-        context.set_item("protocol", &protocol)?;
-        if let Some(lp) = Self::event_loop(slf)? {
-            lp.call_method1(intern!(py, "call_exception_handler"), (context,))?;
-        }
-        Ok(())
+        let event_loop = Self::event_loop(slf)?.map(Bound::into_any);
+        transports::flow_call(
+            event_loop.as_ref(),
+            &Self::transport(slf)?,
+            &protocol,
+            method,
+        )
     }
 
     /// The write path after the checks: send now if nothing is buffered, buffer the rest.
@@ -390,9 +345,7 @@ impl SocketTransportCore {
                 paused: false,
                 eof: false,
                 empty_waiter: None,
-                protocol_paused: false,
-                high_water: 64 * 1024,
-                low_water: 16 * 1024,
+                flow: FlowControl::default(),
             }),
         })
     }
@@ -504,15 +457,7 @@ impl SocketTransportCore {
     /// `write(data)`: any bytes-like object (`bytes`, `bytearray`, `memoryview`).
     fn write(slf: Slf<'_, '_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        if !(data.is_instance_of::<PyBytes>()
-            || data.is_instance_of::<PyByteArray>()
-            || data.is_instance_of::<PyMemoryView>())
-        {
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {}",
-                data.get_type().name()?.repr()?
-            )));
-        }
+        transports::check_bytes_like(data)?;
         let (eof, sendfile, lost) =
             Self::with(slf, |s| (s.eof, s.empty_waiter.is_some(), s.conn_lost))?;
         if eof {
@@ -740,7 +685,7 @@ impl SocketTransportCore {
     }
 
     fn get_write_buffer_limits(slf: Slf<'_, '_>) -> PyResult<(usize, usize)> {
-        Self::with(slf, |s| (s.low_water, s.high_water))
+        Self::with(slf, |s| (s.flow.low, s.flow.high))
     }
 
     /// `set_write_buffer_limits(high=None, low=None)` with `_FlowControlMixin`'s defaults.
@@ -750,30 +695,10 @@ impl SocketTransportCore {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let none = |v: Option<&Bound<'_, PyAny>>| v.is_none_or(|v| v.is_none());
-        let high: Bound<'_, PyAny> =
-            match (high.filter(|_| !none(high)), low.filter(|_| !none(low))) {
-                (Some(high), _) => high.clone(),
-                (None, Some(low)) => low.mul(4)?,
-                (None, None) => (64usize * 1024).into_pyobject(py)?.into_any(),
-            };
-        let low: Bound<'_, PyAny> = match low.filter(|v| !v.is_none()) {
-            Some(low) => low.clone(),
-            None => high.floor_div(4)?,
-        };
-        let ok = high.ge(&low)? && low.ge(0)?;
-        if !ok {
-            return Err(PyValueError::new_err(format!(
-                "high ({}) must be >= low ({}) must be >= 0",
-                high.repr()?,
-                low.repr()?
-            )));
-        }
-        let (high, low): (usize, usize) = (high.extract()?, low.extract()?);
+        let (high, low) = transports::parse_limits(slf.py(), high, low)?;
         Self::with(slf, |s| {
-            s.high_water = high;
-            s.low_water = low;
+            s.flow.high = high;
+            s.flow.low = low;
         })?;
         Self::maybe_pause_protocol(slf)
     }
@@ -862,7 +787,7 @@ impl SocketTransportCore {
 
     #[getter]
     fn _protocol_paused(slf: Slf<'_, '_>) -> PyResult<bool> {
-        Self::with(slf, |s| s.protocol_paused)
+        Self::with(slf, |s| s.flow.paused)
     }
 
     #[getter]
