@@ -1,5 +1,5 @@
-//! Native transports: the objects asyncio's `_make_socket_transport` returns, with the data path (receive, the protocol's callbacks,
-//! sending, flushing) in Rust. Each mirrors its asyncio counterpart in `selector_events.py` and
+//! Native transports: the objects asyncio's `_make_socket_transport` returns, with the data
+//! path (receive, the protocol's callbacks, sending, flushing) in Rust. Each mirrors its asyncio counterpart in `selector_events.py` and
 //! sits behind a Python class in `python/ferroloop/_transports.py` that is a real
 //! `asyncio.Transport`. This module holds what the transports share: asyncio's flow control
 //! (`_FlowControlMixin`), the split between errors that end a connection and those that leave
