@@ -7,6 +7,7 @@
 //! be resized or freed otherwise — `bytearray` refuses to resize while exported, but a closure
 //! that calls Python could still drop the last reference to a view's owner).
 
+use pyo3::exceptions::{PyBufferError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -50,9 +51,23 @@ pub fn with_readable<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> P
     Ok(f(data))
 }
 
-/// Runs `f` on the writable bytes of a buffer (`recv_into`'s target).
+/// Runs `f` on the writable bytes of a buffer (`recv_into`'s target). A read-only object fails
+/// with the `TypeError` `socket.recv_into` gives.
 pub fn with_writable<R>(obj: &Bound<'_, PyAny>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
-    let view = get(obj, ffi::PyBUF_WRITABLE)?;
+    let view = get(obj, ffi::PyBUF_WRITABLE).map_err(|err| {
+        if err.is_instance_of::<PyBufferError>(obj.py()) {
+            let name = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            PyTypeError::new_err(format!(
+                "recv_into() argument 1 must be read-write bytes-like object, not {name}"
+            ))
+        } else {
+            err
+        }
+    })?;
     let len = usize::try_from(view.0.len).unwrap_or(0);
     let data = if len == 0 {
         &mut [][..]

@@ -47,34 +47,44 @@ pub fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
     )))
 }
 
-/// `_FlowControlMixin`'s state: the water marks and whether the protocol was paused.
+/// `_FlowControlMixin`'s state: the water marks and whether the protocol was paused. The marks
+/// are kept as given (asyncio accepts any number, `1e6` or `2**70` alike) and compared as `f64`.
 pub struct FlowControl {
-    pub high: usize,
-    pub low: usize,
+    pub high: Py<PyAny>,
+    pub low: Py<PyAny>,
+    high_f: f64,
+    low_f: f64,
     pub paused: bool,
 }
 
-impl Default for FlowControl {
-    fn default() -> Self {
-        Self {
-            high: 64 * 1024,
-            low: 16 * 1024,
-            paused: false,
-        }
-    }
-}
-
 impl FlowControl {
+    /// The defaults: 64 KiB high, 16 KiB low.
+    pub fn new(py: Python<'_>) -> PyResult<Self> {
+        let (high, low) = parse_limits(py, None, None)?;
+        Self::with_limits(high, low)
+    }
+
+    /// Marks from [`parse_limits`].
+    pub fn with_limits(high: Bound<'_, PyAny>, low: Bound<'_, PyAny>) -> PyResult<Self> {
+        Ok(Self {
+            high_f: high.extract()?,
+            low_f: low.extract()?,
+            high: high.unbind(),
+            low: low.unbind(),
+            paused: false,
+        })
+    }
+
     /// `_maybe_pause_protocol`: true (and now paused) when `pause_writing()` must be called.
     pub fn pause_needed(&mut self, buffered: usize) -> bool {
-        let pause = buffered > self.high && !self.paused;
+        let pause = buffered as f64 > self.high_f && !self.paused;
         self.paused |= pause;
         pause
     }
 
     /// `_maybe_resume_protocol`: true (and no longer paused) when `resume_writing()` is due.
     pub fn resume_needed(&mut self, buffered: usize) -> bool {
-        let resume = self.paused && buffered <= self.low;
+        let resume = self.paused && buffered as f64 <= self.low_f;
         if resume {
             self.paused = false;
         }
@@ -83,20 +93,20 @@ impl FlowControl {
 }
 
 /// `_FlowControlMixin._set_write_buffer_limits(high, low)`: the defaults and the check, with
-/// asyncio's `ValueError` message.
-pub fn parse_limits(
-    py: Python<'_>,
-    high: Option<&Bound<'_, PyAny>>,
-    low: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(usize, usize)> {
+/// asyncio's `ValueError` message. Returns `(high, low)` as Python numbers.
+pub fn parse_limits<'py>(
+    py: Python<'py>,
+    high: Option<&Bound<'py, PyAny>>,
+    low: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
     let high = high.filter(|v| !v.is_none());
     let low = low.filter(|v| !v.is_none());
-    let high: Bound<'_, PyAny> = match (high, low) {
+    let high: Bound<'py, PyAny> = match (high, low) {
         (Some(high), _) => high.clone(),
         (None, Some(low)) => low.mul(4)?,
         (None, None) => (64usize * 1024).into_pyobject(py)?.into_any(),
     };
-    let low: Bound<'_, PyAny> = match low {
+    let low: Bound<'py, PyAny> = match low {
         Some(low) => low.clone(),
         None => high.floor_div(4)?,
     };
@@ -107,7 +117,7 @@ pub fn parse_limits(
             low.repr()?
         )));
     }
-    Ok((high.extract()?, low.extract()?))
+    Ok((high, low))
 }
 
 /// Calls `protocol.pause_writing()`/`resume_writing()`; a failure goes to the loop's exception

@@ -286,7 +286,17 @@ impl SocketTransportCore {
         let fd = slf.get().fd;
         let buffered_before = Self::with(slf, |s| !s.buffer.is_empty())?;
         if buffered_before {
-            buffers::with_readable(data, |bytes| Self::with(slf, |s| s.buffer.push(bytes)))??;
+            let pushed =
+                buffers::with_readable(data, |bytes| Self::with(slf, |s| s.buffer.push(bytes)));
+            match pushed {
+                Ok(done) => done?,
+                // A non-contiguous memoryview: asyncio's bytearray.extend() takes it too.
+                Err(_) => {
+                    let copy = data.call_method0(intern!(slf.py(), "tobytes"))?;
+                    let copy = copy.cast::<PyBytes>()?;
+                    Self::with(slf, |s| s.buffer.push(copy.as_bytes()))?;
+                }
+            }
             return Self::maybe_pause_protocol(slf);
         }
         // Optimization (asyncio's): try to send now.
@@ -295,7 +305,14 @@ impl SocketTransportCore {
             Ok(n) => Ok(Some(bytes[n..].to_vec())),
             Err(err) if is_retry(&err) => Ok(Some(bytes.to_vec())),
             Err(err) => Err(err),
-        })?;
+        });
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            // `socket.send` refuses a non-contiguous buffer the same way.
+            Err(err) => {
+                return Self::fatal(slf, err, "Fatal write error on socket transport");
+            }
+        };
         let rest = match outcome {
             Ok(None) => return Ok(()),
             Ok(Some(rest)) => rest,
@@ -328,6 +345,7 @@ impl SocketTransportCore {
         let event_loop = event_loop.cast::<LoopCore>()?.clone().unbind();
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let buffered = py_helpers::is_buffered_protocol(protocol)?;
+        let flow = FlowControl::new(protocol.py())?;
         Ok(SocketTransportCore {
             fd,
             st: GilCell::new(State {
@@ -345,7 +363,7 @@ impl SocketTransportCore {
                 paused: false,
                 eof: false,
                 empty_waiter: None,
-                flow: FlowControl::default(),
+                flow,
             }),
         })
     }
@@ -589,6 +607,9 @@ impl SocketTransportCore {
             _ => Ok(()),
         };
         let (sock, protocol, event_loop, server, transport_ref) = Self::with(slf, |s| {
+            // The socket closes now: from here on, writes are dropped (and counted) as after
+            // any lost connection, and nothing may touch the descriptor number again.
+            s.conn_lost = s.conn_lost.max(1);
             (
                 s.sock.take(),
                 s.protocol.take(),
@@ -684,8 +705,11 @@ impl SocketTransportCore {
         Self::with(slf, |s| s.buffer.len())
     }
 
-    fn get_write_buffer_limits(slf: Slf<'_, '_>) -> PyResult<(usize, usize)> {
-        Self::with(slf, |s| (s.flow.low, s.flow.high))
+    fn get_write_buffer_limits(slf: Slf<'_, '_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        let py = slf.py();
+        Self::with(slf, |s| {
+            (s.flow.low.clone_ref(py), s.flow.high.clone_ref(py))
+        })
     }
 
     /// `set_write_buffer_limits(high=None, low=None)` with `_FlowControlMixin`'s defaults.
@@ -696,10 +720,12 @@ impl SocketTransportCore {
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let (high, low) = transports::parse_limits(slf.py(), high, low)?;
-        Self::with(slf, |s| {
-            s.flow.high = high;
-            s.flow.low = low;
+        let flow = FlowControl::with_limits(high, low)?;
+        let old = Self::with(slf, |s| {
+            let paused = s.flow.paused;
+            std::mem::replace(&mut s.flow, FlowControl { paused, ..flow })
         })?;
+        drop(old);
         Self::maybe_pause_protocol(slf)
     }
 
