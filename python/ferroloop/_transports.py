@@ -30,9 +30,6 @@ def _polling(loop, fd: int, event: int) -> bool:
     return bool(key.events & event)
 
 
-_SOCKET_INFO = frozenset(("socket", "sockname", "peername"))
-
-
 class SocketTransport(transports._FlowControlMixin, transports.Transport):
     """A stream-socket transport (`asyncio.selector_events._SelectorSocketTransport`)."""
 
@@ -45,10 +42,19 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
-        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it. asyncio
-        # fills in 'socket', 'sockname' and 'peername' here; they are filled on first use
-        # (or before the socket closes), so an idle connection does not hold them.
+        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it. The addresses
+        # are taken now, as asyncio does (after a reset the socket no longer knows its peer);
+        # only the 'socket' wrapper is made on first use (or before the socket closes).
         self._extra = extra = {} if extra is None else extra
+        try:
+            extra["sockname"] = sock.getsockname()
+        except OSError:
+            extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                extra["peername"] = sock.getpeername()
+            except OSError:
+                extra["peername"] = None
         core = _ferroloop.SocketTransportCore(self, loop, sock, protocol, extra)
         self._core = core
         self.write = core.write
@@ -83,27 +89,16 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
 
     def get_extra_info(self, name, default=None):
         extra = self._extra
-        if name in _SOCKET_INFO and name not in extra:
+        if name == "socket" and "socket" not in extra:
             self._fill_extra()
         return extra.get(name, default)
 
     def _fill_extra(self) -> None:
-        # What asyncio's `_SelectorTransport.__init__` stores, taken while the socket is open
-        # (the core calls this before closing it).
+        # The 'socket' entry asyncio's `_SelectorTransport.__init__` makes; the core calls this
+        # before it closes the socket, so the entry exists afterwards too.
         sock = self._core._sock
-        extra = self._extra
-        if sock is None or "socket" in extra:
-            return
-        extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            extra["sockname"] = sock.getsockname()
-        except OSError:
-            extra["sockname"] = None
-        if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
+        if sock is not None and "socket" not in self._extra:
+            self._extra["socket"] = trsock.TransportSocket(sock)
 
     def writelines(self, list_of_data) -> None:
         self._core.writelines(list_of_data)
