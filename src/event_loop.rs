@@ -441,6 +441,33 @@ impl LoopCore {
         clock::now()
     }
 
+    /// Native half of `sock_recv` (`sock_ops.rs`).
+    fn _sock_recv_native(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        n: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        Self::sock_recv_native(slf, sock, n)
+    }
+
+    /// Native half of `sock_recv_into` (`sock_ops.rs`).
+    fn _sock_recv_into_native(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        buf: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        Self::sock_recv_into_native(slf, sock, buf)
+    }
+
+    /// Native half of `sock_sendall` (`sock_ops.rs`).
+    fn _sock_sendall_native(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        Self::sock_sendall_native(slf, sock, data)
+    }
+
     /// `loop.create_task(coro, *, name=None, context=None)`, as `BaseEventLoop.create_task`.
     #[pyo3(signature = (coro, *, name = None, context = None))]
     fn create_task<'py>(

@@ -21,6 +21,7 @@ mod gil_cell;
 mod handles;
 mod py_helpers;
 mod run_once;
+mod sock_ops;
 mod transports;
 
 use pyo3::prelude::*;

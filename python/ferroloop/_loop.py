@@ -151,6 +151,39 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
+    # `sock_recv`, `sock_recv_into`, `sock_sendall`: the same coroutines as asyncio's, with the
+    # system calls and the readiness callbacks native (`src/sock_ops.rs`). The native half
+    # returns the result, a future to await, or `NotImplemented` for what it does not cover
+    # (a `socket.socket` subclass such as `SSLSocket`, a socket with a timeout, ...), which
+    # asyncio's own implementation then handles.
+
+    async def sock_recv(self, sock, n):
+        """Receive up to `n` bytes from the non-blocking socket `sock`."""
+        result = self._sock_recv_native(sock, n)
+        if result.__class__ is bytes:
+            return result
+        if result is NotImplemented:
+            return await super().sock_recv(sock, n)
+        return await result
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive into the writable buffer `buf`; returns the number of bytes received."""
+        result = self._sock_recv_into_native(sock, buf)
+        if result.__class__ is int:
+            return result
+        if result is NotImplemented:
+            return await super().sock_recv_into(sock, buf)
+        return await result
+
+    async def sock_sendall(self, sock, data):
+        """Send all of `data` on the non-blocking socket `sock`."""
+        result = self._sock_sendall_native(sock, data)
+        if result is None:
+            return None
+        if result is NotImplemented:
+            return await super().sock_sendall(sock, data)
+        return await result
+
     def _add_callback(self, handle):
         # `BaseEventLoop._add_callback` appends a stdlib handle to `_ready`, which is native here.
         if not handle._cancelled:

@@ -42,6 +42,18 @@ use std::os::fd::RawFd;
 /// `bytes` handed to `data_received`, so an idle connection holds no receive memory.
 static READ_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
 
+/// Runs `f` on the shared receive buffer (at least `MAX_SIZE` bytes). `f` must not run Python
+/// code; making a `bytes` is fine (it is not tracked by the GC, so it cannot trigger a
+/// collection).
+pub fn with_read_buffer<R>(py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
+    READ_BUFFER.with(py, |buf| {
+        if buf.len() < MAX_SIZE {
+            buf.resize(MAX_SIZE, 0);
+        }
+        f(buf)
+    })
+}
+
 struct State {
     /// The Python `SocketTransport` users hold; `None` once `connection_lost` ran.
     transport: Option<Py<PyAny>>,
@@ -165,11 +177,7 @@ impl SocketTransportCore {
     fn read_data_received(slf: Slf<'_, '_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let received = READ_BUFFER.with(py, |buf| {
-            if buf.len() < MAX_SIZE {
-                buf.resize(MAX_SIZE, 0);
-            }
-            // A `bytes` object is not tracked by the GC, so making one cannot run Python code.
+        let received = with_read_buffer(py, |buf| {
             sys::recv(fd, buf).map(|n| PyBytes::new(py, &buf[..n]))
         })?;
         let data = match received {
@@ -589,7 +597,8 @@ impl SocketTransportCore {
     /// `_call_connection_lost(exc)`: tell the protocol, close the socket, detach the server.
     fn _call_connection_lost(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        // The socket's addresses, which asyncio keeps in `extra`, are taken before it closes.
+        // The `extra` entry asyncio makes from the socket (`TransportSocket`) is made before it
+        // closes.
         let transport = Self::transport(slf)?;
         if !transport.is(slf) {
             transport.call_method0(intern!(py, "_fill_extra"))?;

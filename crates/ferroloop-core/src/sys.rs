@@ -118,6 +118,9 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `EBADF`, for errors the binding reports as the kernel would.
+pub const EBADF: i32 = libc::EBADF;
+
 /// Linux's limit on the slices of one `sendmsg` (`UIO_MAXIOV`).
 pub const IOV_MAX: usize = 1024;
 
