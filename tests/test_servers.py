@@ -19,6 +19,7 @@ import sys
 import weakref
 
 import pytest
+from conftest import run_coro
 
 HOST = "127.0.0.1"
 ABSTRACT_OK = sys.platform.startswith("linux")
@@ -1430,3 +1431,108 @@ def test_10000_connections_do_not_leak(loop, run):
 
     run(main(), timeout=50)
     _check_no_leaks(loop, fds_before)
+
+
+# --------------------------------------------------------------------------- sock_* edge cases
+# ferroloop runs sock_recv/sock_recv_into/sock_sendall natively for plain non-blocking
+# `socket.socket`s and hands everything else to asyncio's code: both paths must answer alike.
+
+
+class _SubSocket(socket.socket):
+    """A socket subclass (like ssl.SSLSocket, it does not take the native path)."""
+
+    def recv(self, n, *args):
+        return b"<" + super().recv(n, *args) + b">"
+
+
+def test_sock_ops_on_a_socket_subclass_use_its_methods(loop, tcp_pair):
+    a, b = tcp_pair
+    sub = _SubSocket(fileno=os.dup(b.fileno()))
+    sub.setblocking(False)
+
+    async def main():
+        reader = asyncio.ensure_future(loop.sock_recv(sub, 100))
+        await asyncio.sleep(0.01)
+        await loop.sock_sendall(a, b"data")
+        return await reader
+
+    try:
+        assert run_coro(loop, main()) == b"<data>"
+    finally:
+        sub.close()
+
+
+def test_sock_recv_size_edge_cases(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        a.send(b"xyz")
+        await asyncio.sleep(0.01)
+        assert await loop.sock_recv(b, 0) == b""
+        with pytest.raises(ValueError, match="negative buffersize"):
+            await loop.sock_recv(b, -1)
+        assert await loop.sock_recv(b, 2) == b"xy"
+        assert await loop.sock_recv(b, 2) == b"z"
+
+    run_coro(loop, main())
+
+
+def test_sock_recv_into_read_only_buffer_is_type_error(loop, tcp_pair):
+    a, b = tcp_pair
+
+    async def main():
+        a.send(b"x")
+        await asyncio.sleep(0.01)
+        with pytest.raises(TypeError):
+            await loop.sock_recv_into(b, b"read-only")
+
+    run_coro(loop, main())
+
+
+def test_sock_sendall_bytes_like_objects(loop, tcp_pair):
+    import array
+
+    a, b = tcp_pair
+    items = [
+        bytearray(b"ba"),
+        memoryview(b"mv"),
+        array.array("b", b"ar"),
+        memoryview(b"a-b-c-")[::2],  # non-contiguous: asyncio's socket.send rejects it
+    ]
+
+    async def main():
+        got = []
+        for item in items:
+            try:
+                await loop.sock_sendall(a, item)
+            except (TypeError, BufferError) as exc:
+                got.append(type(exc).__name__)
+        await asyncio.sleep(0.01)
+        got.append(b.recv(100))
+        return got
+
+    assert run_coro(loop, main()) == ["BufferError", b"bamvar"]
+
+
+def test_sock_ops_with_a_timeout_socket_outside_debug_mode(loop, tcp_pair):
+    a, b = tcp_pair
+    b.settimeout(5.0)
+
+    async def main():
+        a.send(b"ready")
+        await asyncio.sleep(0.01)
+        return await loop.sock_recv(b, 100)
+
+    assert run_coro(loop, main()) == b"ready"
+
+
+def test_sock_recv_on_a_closed_socket_is_ebadf(loop, tcp_pair):
+    a, b = tcp_pair
+    b.close()
+
+    async def main():
+        with pytest.raises(OSError) as info:
+            await loop.sock_recv(b, 10)
+        return info.value.errno
+
+    assert run_coro(loop, main()) == errno.EBADF
