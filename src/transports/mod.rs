@@ -5,6 +5,7 @@
 //! (`_FlowControlMixin`), the split between errors that end a connection and those that leave
 //! the loop, and the checks on written data.
 
+pub mod common;
 pub mod socket;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError};
