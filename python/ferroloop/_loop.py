@@ -21,7 +21,7 @@ from asyncio import coroutines, events, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop
-from ._transports import SocketTransport
+from ._transports import DatagramTransport, SocketTransport
 
 __all__ = ["Loop"]
 
@@ -183,6 +183,10 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         if result is NotImplemented:
             return await super().sock_sendall(sock, data)
         return await result
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        """The transport of a datagram socket: native data path (`DatagramTransport`)."""
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _add_callback(self, handle):
         # `BaseEventLoop._add_callback` appends a stdlib handle to `_ready`, which is native here.

@@ -2,12 +2,15 @@
 
 `SocketTransport` is what `loop._make_socket_transport` returns for TCP and Unix stream
 sockets, so `create_connection`, `create_server`, `create_unix_*`, `connect_accepted_socket`,
-asyncio's streams and `start_tls` all get it. It is a real `asyncio.Transport` (through
-`transports._FlowControlMixin`, as asyncio's `_SelectorSocketTransport`), so `isinstance`
-checks and `loop.sendfile`'s fallback work. The data path is its native core
-(`_ferroloop.SocketTransportCore`): the loop's reader calls the core, which `recv`s and calls
-the protocol directly; `transport.write` *is* the core's bound method (an instance attribute),
-so a protocol's write costs no Python frame. The other methods forward to the core.
+asyncio's streams and `start_tls` all get it; `DatagramTransport` is what
+`loop._make_datagram_transport` returns (`create_datagram_endpoint`). Both are real
+`asyncio.Transport`s (through `transports._FlowControlMixin`, as asyncio's
+`_SelectorSocketTransport` and `_SelectorDatagramTransport`), so `isinstance` checks and
+`loop.sendfile`'s fallback work. The data path is each one's native core
+(`_ferroloop.SocketTransportCore`, `_ferroloop.DatagramTransportCore`): the loop's reader calls
+the core, which receives and calls the protocol directly; `transport.write` /
+`transport.sendto` *is* the core's bound method (a slot), so a protocol's write costs no Python
+frame. The other methods forward to the core.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from asyncio.log import logger
 
 from . import _ferroloop
 
-__all__ = ["SocketTransport"]
+__all__ = ["DatagramTransport", "SocketTransport"]
 
 
 def _polling(loop, fd: int, event: int) -> bool:
@@ -30,43 +33,38 @@ def _polling(loop, fd: int, event: int) -> bool:
     return bool(key.events & event)
 
 
-class SocketTransport(transports._FlowControlMixin, transports.Transport):
-    """A stream-socket transport (`asyncio.selector_events._SelectorSocketTransport`)."""
-
-    # `_core` and the bound `write` are slots, so an idle connection pays for no instance dict
-    # (`__dict__` stays available for users who set attributes, as on asyncio's transports).
-    __slots__ = ("_core", "write", "__dict__", "__weakref__")
-
-    max_size = 256 * 1024  # The most one recv() reads (fixed in the core).
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
-        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it. The addresses
-        # are taken now, as asyncio does (after a reset the socket no longer knows its peer);
-        # only the 'socket' wrapper is made on first use (or before the socket closes).
-        self._extra = extra = {} if extra is None else extra
+def _addresses(sock, extra: dict) -> dict:
+    """`extra` with what `_SelectorTransport.__init__` takes from the socket at once: the
+    addresses (after a reset the socket no longer knows its peer). The 'socket' entry is made
+    on first use, or before the socket closes (`_fill_extra`)."""
+    extra = {} if extra is None else extra
+    try:
+        extra["sockname"] = sock.getsockname()
+    except OSError:
+        extra["sockname"] = None
+    if "peername" not in extra:
         try:
-            extra["sockname"] = sock.getsockname()
+            extra["peername"] = sock.getpeername()
         except OSError:
-            extra["sockname"] = None
-        if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
-        core = _ferroloop.SocketTransportCore(self, loop, sock, protocol, extra)
-        self._core = core
-        self.write = core.write
-        core._server = server
-        if server is not None:
-            server._attach()
-        loop._transports[core._sock_fd] = self
-        # Disable the Nagle algorithm, as asyncio does: small writes go out at once.
-        base_events._set_nodelay(sock)
+            extra["peername"] = None
+    return extra
+
+
+class _NativeTransport(transports._FlowControlMixin, transports.Transport):
+    """What ferroloop's transports share: asyncio's `_SelectorTransport`, over a native core."""
+
+    # `_core` (and each subclass's bound write method) are slots, so an idle connection pays
+    # for no instance dict (`__dict__` stays available for users who set attributes, as on
+    # asyncio's transports).
+    __slots__ = ("_core", "__dict__", "__weakref__")
+
+    max_size = 256 * 1024  # The most one receive reads (fixed in the core).
+
+    def _start(self, loop, protocol, waiter) -> None:
+        loop._transports[self._core._sock_fd] = self
         loop.call_soon(protocol.connection_made, self)
         # Only start reading when connection_made() has been called.
-        loop.call_soon(core._start_reading)
+        loop.call_soon(self._core._start_reading)
         if waiter is not None:
             # Only wake up the waiter when connection_made() has been called.
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
@@ -77,37 +75,12 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     _sock = property(lambda self: self._core._sock)
     _sock_fd = property(lambda self: self._core._sock_fd)
     _protocol = property(lambda self: self._core._protocol)
-    _server = property(lambda self: self._core._server)
     _closing = property(lambda self: self._core._closing)
     _conn_lost = property(lambda self: self._core._conn_lost)
-    _eof = property(lambda self: self._core._eof)
     _paused = property(lambda self: self._core._paused)
     _protocol_paused = property(lambda self: self._core._protocol_paused)
-    _empty_waiter = property(lambda self: self._core._empty_waiter)
     _high_water = property(lambda self: self._core.get_write_buffer_limits()[1])
     _low_water = property(lambda self: self._core.get_write_buffer_limits()[0])
-
-    def get_extra_info(self, name, default=None):
-        extra = self._extra
-        if name == "socket" and "socket" not in extra:
-            self._fill_extra()
-        return extra.get(name, default)
-
-    def _fill_extra(self) -> None:
-        # The 'socket' entry asyncio's `_SelectorTransport.__init__` makes; the core calls this
-        # before it closes the socket, so the entry exists afterwards too.
-        sock = self._core._sock
-        if sock is not None and "socket" not in self._extra:
-            self._extra["socket"] = trsock.TransportSocket(sock)
-
-    def writelines(self, list_of_data) -> None:
-        self._core.writelines(list_of_data)
-
-    def write_eof(self) -> None:
-        self._core.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
 
     def close(self) -> None:
         self._core.close()
@@ -145,11 +118,18 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
     def _force_close(self, exc) -> None:
         self._core._force_close(exc)
 
-    def _make_empty_waiter(self):
-        return self._core._make_empty_waiter()
+    def get_extra_info(self, name, default=None):
+        extra = self._extra
+        if name == "socket" and "socket" not in extra:
+            self._fill_extra()
+        return extra.get(name, default)
 
-    def _reset_empty_waiter(self) -> None:
-        self._core._reset_empty_waiter()
+    def _fill_extra(self) -> None:
+        # The 'socket' entry asyncio's `_SelectorTransport.__init__` makes; the core calls this
+        # before it closes the socket, so the entry exists afterwards too.
+        sock = self._core._sock
+        if sock is not None and "socket" not in self._extra:
+            self._extra["socket"] = trsock.TransportSocket(sock)
 
     def __repr__(self) -> str:
         core = self._core
@@ -191,3 +171,59 @@ class SocketTransport(transports._FlowControlMixin, transports.Transport):
                 }
             )
         self._force_close(exc)
+
+
+class SocketTransport(_NativeTransport):
+    """A stream-socket transport (`asyncio.selector_events._SelectorSocketTransport`)."""
+
+    __slots__ = ("write",)
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
+        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it.
+        self._extra = extra = _addresses(sock, extra)
+        core = _ferroloop.SocketTransportCore(self, loop, sock, protocol, extra)
+        self._core = core
+        self.write = core.write
+        core._server = server
+        if server is not None:
+            server._attach()
+        # Disable the Nagle algorithm, as asyncio does: small writes go out at once.
+        base_events._set_nodelay(sock)
+        self._start(loop, protocol, waiter)
+
+    _server = property(lambda self: self._core._server)
+    _eof = property(lambda self: self._core._eof)
+    _empty_waiter = property(lambda self: self._core._empty_waiter)
+
+    def writelines(self, list_of_data) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def _make_empty_waiter(self):
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._reset_empty_waiter()
+
+
+class DatagramTransport(_NativeTransport):
+    """A datagram transport (`asyncio.selector_events._SelectorDatagramTransport`)."""
+
+    __slots__ = ("sendto",)
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None) -> None:
+        self._extra = extra = _addresses(sock, extra)
+        core = _ferroloop.DatagramTransportCore(self, loop, sock, protocol, extra, address)
+        self._core = core
+        self.sendto = core.sendto
+        self._start(loop, protocol, waiter)
+
+    _address = property(lambda self: self._core._address)

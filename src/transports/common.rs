@@ -107,8 +107,10 @@ pub trait Core: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
     fn common(st: &mut Self::State) -> &mut Common;
     /// Bytes accepted by a write and not sent yet.
     fn buffered(st: &Self::State) -> usize;
-    /// Drops the unsent bytes (the connection is lost).
-    fn clear_buffer(st: &mut Self::State);
+    /// What [`Core::clear_buffer`] takes out, dropped after the state is left.
+    type Cleared;
+    /// Empties the buffer (the connection is lost).
+    fn clear_buffer(st: &mut Self::State) -> Self::Cleared;
     /// After `connection_lost` ran and the socket closed (`sendfile`'s waiter, for streams).
     fn after_connection_lost(_slf: &Bound<'_, Self>) -> PyResult<()> {
         Ok(())
@@ -305,15 +307,16 @@ pub fn force_close<T: Core>(slf: &Bound<'_, T>, exc: &Bound<'_, PyAny>) -> PyRes
             return None;
         }
         let had_buffer = T::buffered(s) != 0;
-        T::clear_buffer(s);
+        let cleared = T::clear_buffer(s);
         let c = T::common(s);
         let was_closing = std::mem::replace(&mut c.closing, true);
         c.conn_lost += 1;
-        Some((had_buffer, was_closing))
+        Some((had_buffer, was_closing, cleared))
     })?;
-    let Some((had_buffer, was_closing)) = flags else {
+    let Some((had_buffer, was_closing, cleared)) = flags else {
         return Ok(());
     };
+    drop(cleared);
     if had_buffer {
         remove(slf, Side::Write)?;
     }

@@ -1,11 +1,12 @@
-//! Native transports: the objects asyncio's `_make_socket_transport` returns, with the data
-//! path (receive, the protocol's callbacks, sending, flushing) in Rust. Each mirrors its asyncio counterpart in `selector_events.py` and
+//! Native transports: the objects asyncio's `_make_socket_transport` and
+//! `_make_datagram_transport` return, with the data path (receive, the protocol's callbacks, sending, flushing) in Rust. Each mirrors its asyncio counterpart in `selector_events.py` and
 //! sits behind a Python class in `python/ferroloop/_transports.py` that is a real
 //! `asyncio.Transport`. This module holds what the transports share: asyncio's flow control
 //! (`_FlowControlMixin`), the split between errors that end a connection and those that leave
 //! the loop, and the checks on written data.
 
 pub mod common;
+pub mod datagram;
 pub mod socket;
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError};

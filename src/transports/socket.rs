@@ -86,6 +86,8 @@ impl Core for SocketTransportCore {
         st.buffer.len()
     }
 
+    type Cleared = ();
+
     fn clear_buffer(st: &mut State) {
         st.buffer.clear();
     }

@@ -1,0 +1,408 @@
+//! `DatagramTransportCore`: the native half of ferroloop's datagram transport (UDP over IPv4 and
+//! IPv6, Unix datagram sockets), mirroring `asyncio.selector_events._SelectorDatagramTransport`.
+//! Users hold the Python `ferroloop._transports.DatagramTransport`, a real
+//! `asyncio.DatagramTransport` whose `sendto` is this core's bound method.
+//!
+//! The control flow is native; the system calls go through the socket's own `recvfrom`,
+//! `sendto` and `send` methods, so addresses are converted exactly as CPython's `socket`
+//! module converts them (IPv6 scope ids, Unix abstract names), as in asyncio.
+//!
+//! Invariants (asyncio's):
+//! - a writer is registered exactly while datagrams wait in the buffer;
+//! - buffered datagrams are immutable copies (`bytes`), sent in order, whole or not at all;
+//! - an `OSError` from a send or a receive goes to `protocol.error_received(exc)` and the
+//!   transport stays open; other exceptions end it (`_fatal_error`).
+
+use super::common::{self, Common, Core};
+use crate::gil_cell::GilCell;
+use crate::py_helpers;
+use crate::transports::{self, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_SIZE};
+use ferroloop_core::registry::Side;
+use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+
+/// The datagram transport's state: `_SelectorDatagramTransport`'s attributes.
+pub struct State {
+    common: Common,
+    /// `remote_addr` of a connected endpoint (`_address`).
+    address: Option<Py<PyAny>>,
+    /// `extra['peername']` was set: the socket is connected, datagrams go out with `send`.
+    connected: bool,
+    buffer: VecDeque<(Py<PyBytes>, Py<PyAny>)>,
+    buffer_size: usize,
+}
+
+/// The native core of `ferroloop._transports.DatagramTransport`.
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct DatagramTransportCore {
+    fd: RawFd,
+    st: GilCell<State>,
+}
+
+impl Core for DatagramTransportCore {
+    type State = State;
+
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    fn cell(&self) -> &GilCell<State> {
+        &self.st
+    }
+
+    fn common(st: &mut State) -> &mut Common {
+        &mut st.common
+    }
+
+    fn buffered(st: &State) -> usize {
+        st.buffer_size
+    }
+
+    type Cleared = VecDeque<(Py<PyBytes>, Py<PyAny>)>;
+
+    fn clear_buffer(st: &mut State) -> Self::Cleared {
+        st.buffer_size = 0;
+        std::mem::take(&mut st.buffer)
+    }
+}
+
+type Slf<'a, 'py> = &'a Bound<'py, DatagramTransportCore>;
+
+/// How a send or a receive through the socket's method ended.
+enum Outcome<T> {
+    Done(T),
+    /// `BlockingIOError`/`InterruptedError`: try again at the next readiness.
+    Retry,
+    /// An `OSError`: for `protocol.error_received`.
+    OsError(PyErr),
+    /// Anything else: fatal (or escaping, for `SystemExit`/`KeyboardInterrupt`).
+    Other(PyErr),
+}
+
+fn classify<T>(py: Python<'_>, result: PyResult<T>) -> Outcome<T> {
+    match result {
+        Ok(value) => Outcome::Done(value),
+        Err(err)
+            if err.is_instance_of::<PyBlockingIOError>(py)
+                || err.is_instance_of::<PyInterruptedError>(py) =>
+        {
+            Outcome::Retry
+        }
+        Err(err) if err.is_instance_of::<PyOSError>(py) => Outcome::OsError(err),
+        Err(err) => Outcome::Other(err),
+    }
+}
+
+impl DatagramTransportCore {
+    fn with<R>(slf: Slf<'_, '_>, f: impl FnOnce(&mut State) -> R) -> PyResult<R> {
+        common::with(slf, f)
+    }
+
+    /// `sock.send(data)` on a connected socket, `sock.sendto(data, addr)` otherwise.
+    fn send_one(
+        slf: Slf<'_, '_>,
+        data: &Bound<'_, PyAny>,
+        addr: &Bound<'_, PyAny>,
+    ) -> PyResult<Outcome<()>> {
+        let py = slf.py();
+        let connected = Self::with(slf, |s| s.connected)?;
+        let Some(sock) = common::sock(slf)? else {
+            return Ok(Outcome::Done(()));
+        };
+        let result = if connected {
+            sock.call_method1(intern!(py, "send"), (data,))
+        } else {
+            sock.call_method1(intern!(py, "sendto"), (data, addr))
+        };
+        Ok(classify(py, result.map(drop)))
+    }
+
+    /// `protocol.error_received(exc)`; its own exceptions propagate, as in asyncio.
+    fn error_received(slf: Slf<'_, '_>, err: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        if let Some(protocol) = common::protocol(slf)? {
+            protocol.call_method1(intern!(py, "error_received"), (err.into_value(py),))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl DatagramTransportCore {
+    #[new]
+    #[pyo3(signature = (transport, event_loop, sock, protocol, extra, address))]
+    fn py_new(
+        transport: &Bound<'_, PyAny>,
+        event_loop: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        extra: &Bound<'_, PyDict>,
+        address: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let connected = match extra.get_item("peername")? {
+            Some(peer) => peer.is_truthy()?,
+            None => false,
+        };
+        Ok(DatagramTransportCore {
+            fd,
+            st: GilCell::new(State {
+                common: Common::new(transport, event_loop, sock, protocol, extra)?,
+                address: address.filter(|a| !a.is_none(transport.py())),
+                connected,
+                buffer: VecDeque::new(),
+                buffer_size: 0,
+            }),
+        })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.st.peek_for_traverse() else {
+            return Ok(());
+        };
+        s.common.traverse(&visit)?;
+        visit.call(&s.address)
+    }
+
+    fn __clear__(&self) {
+        common::clear(self);
+    }
+
+    /// `_read_ready()`: one `recvfrom`, then `datagram_received(data, addr)`.
+    fn _read_ready(slf: Slf<'_, '_>) -> PyResult<()> {
+        let py = slf.py();
+        let (lost, sock) = common::with_common(slf, |c| {
+            (c.conn_lost != 0, c.sock.as_ref().map(|s| s.clone_ref(py)))
+        })?;
+        let Some(sock) = sock.filter(|_| !lost) else {
+            return Ok(());
+        };
+        let received = sock.call_method1(py, intern!(py, "recvfrom"), (MAX_SIZE,));
+        match classify(py, received) {
+            Outcome::Retry => Ok(()),
+            Outcome::OsError(err) => Self::error_received(slf, err),
+            Outcome::Other(err) => {
+                common::fatal(slf, err, "Fatal read error on datagram transport")
+            }
+            Outcome::Done(pair) => {
+                let pair = pair.into_bound(py);
+                let pair = pair.cast::<PyTuple>()?;
+                if let Some(protocol) = common::protocol(slf)? {
+                    protocol.call_method1(intern!(py, "datagram_received"), pair)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `sendto(data, addr=None)`: sent at once when nothing is buffered, buffered otherwise.
+    #[pyo3(signature = (data, addr = None))]
+    fn sendto(
+        slf: Slf<'_, '_>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        transports::check_bytes_like(data)?;
+        if !data.is_truthy()? {
+            return Ok(());
+        }
+        let none = py.None().into_bound(py);
+        let mut addr = addr.cloned().unwrap_or(none);
+        let address = Self::with(slf, |s| s.address.as_ref().map(|a| a.clone_ref(py)))?;
+        if let Some(address) = &address {
+            let address = address.bind(py);
+            if !addr.is_none() && !addr.is(address) && !addr.eq(address)? {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid address: must be None or {}",
+                    address.str()?
+                )));
+            }
+            addr = address.clone();
+        }
+        let (lost, empty) = Self::with(slf, |s| (s.common.conn_lost, s.buffer.is_empty()))?;
+        if lost != 0 && address.is_some() {
+            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                py_helpers::logger(py)?
+                    .call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            Self::with(slf, |s| s.common.conn_lost += 1)?;
+            return Ok(());
+        }
+        if empty {
+            // Attempt to send it right away first.
+            match Self::send_one(slf, data, &addr)? {
+                Outcome::Done(()) => return Ok(()),
+                Outcome::Retry => {
+                    common::add(slf, Side::Write, intern!(py, "_sendto_ready"))?;
+                }
+                Outcome::OsError(err) => return Self::error_received(slf, err),
+                Outcome::Other(err) => {
+                    return common::fatal(slf, err, "Fatal write error on datagram transport")
+                }
+            }
+        }
+        // Ensure that what we buffer is immutable.
+        let copy = PyBytes::new(py, &crate::buffers::with_readable(data, <[u8]>::to_vec)?);
+        let size = copy.as_bytes().len();
+        Self::with(slf, |s| {
+            s.buffer.push_back((copy.unbind(), addr.unbind()));
+            s.buffer_size += size;
+        })?;
+        common::maybe_pause_protocol(slf)
+    }
+
+    /// `_sendto_ready()`: the writer callback, sending buffered datagrams in order.
+    fn _sendto_ready(slf: Slf<'_, '_>) -> PyResult<()> {
+        let py = slf.py();
+        loop {
+            let Some((data, addr)) = Self::with(slf, |s| {
+                let item = s.buffer.pop_front();
+                if let Some((data, _)) = &item {
+                    s.buffer_size -= data.bind(py).as_bytes().len();
+                }
+                item
+            })?
+            else {
+                break;
+            };
+            match Self::send_one(slf, data.bind(py).as_any(), addr.bind(py))? {
+                Outcome::Done(()) => {}
+                Outcome::Retry => {
+                    // Try again later.
+                    let size = data.bind(py).as_bytes().len();
+                    Self::with(slf, |s| {
+                        s.buffer.push_front((data, addr));
+                        s.buffer_size += size;
+                    })?;
+                    break;
+                }
+                Outcome::OsError(err) => return Self::error_received(slf, err),
+                Outcome::Other(err) => {
+                    return common::fatal(slf, err, "Fatal write error on datagram transport");
+                }
+            }
+        }
+        common::maybe_resume_protocol(slf)?; // May append to the buffer.
+        let (empty, closing) = Self::with(slf, |s| (s.buffer.is_empty(), s.common.closing))?;
+        if empty {
+            common::remove(slf, Side::Write)?;
+            if closing {
+                common::call_connection_lost(slf, py.None().bind(py))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn get_write_buffer_size(slf: Slf<'_, '_>) -> PyResult<usize> {
+        Self::with(slf, |s| s.buffer_size)
+    }
+
+    fn close(slf: Slf<'_, '_>) -> PyResult<()> {
+        common::close(slf)
+    }
+
+    fn abort(slf: Slf<'_, '_>) -> PyResult<()> {
+        common::force_close(slf, slf.py().None().bind(slf.py()))
+    }
+
+    fn _force_close(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        common::force_close(slf, exc)
+    }
+
+    fn _call_connection_lost(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        common::call_connection_lost(slf, exc)
+    }
+
+    fn pause_reading(slf: Slf<'_, '_>) -> PyResult<()> {
+        common::pause_reading(slf)
+    }
+
+    fn resume_reading(slf: Slf<'_, '_>) -> PyResult<()> {
+        common::resume_reading(slf)
+    }
+
+    fn _start_reading(slf: Slf<'_, '_>) -> PyResult<()> {
+        common::start_reading(slf)
+    }
+
+    fn is_reading(slf: Slf<'_, '_>) -> PyResult<bool> {
+        common::is_reading(slf)
+    }
+
+    fn is_closing(slf: Slf<'_, '_>) -> PyResult<bool> {
+        common::with_common(slf, |c| c.closing)
+    }
+
+    fn set_protocol(slf: Slf<'_, '_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        common::set_protocol(slf, protocol)
+    }
+
+    fn get_protocol(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(common::protocol(slf)?.map(Bound::unbind))
+    }
+
+    fn get_write_buffer_limits(slf: Slf<'_, '_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+        common::get_write_buffer_limits(slf)
+    }
+
+    #[pyo3(signature = (high = None, low = None))]
+    fn set_write_buffer_limits(
+        slf: Slf<'_, '_>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        common::set_write_buffer_limits(slf, high, low)
+    }
+
+    #[getter]
+    fn _loop(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(common::event_loop(slf)?.map(|l| l.into_any().unbind()))
+    }
+
+    #[getter]
+    fn _sock(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(common::sock(slf)?.map(Bound::unbind))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _protocol(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(common::protocol(slf)?.map(Bound::unbind))
+    }
+
+    #[getter]
+    fn _address(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        Self::with(slf, |s| s.address.as_ref().map(|a| a.clone_ref(py)))
+    }
+
+    #[getter]
+    fn _closing(slf: Slf<'_, '_>) -> PyResult<bool> {
+        common::with_common(slf, |c| c.closing)
+    }
+
+    #[getter]
+    fn _conn_lost(slf: Slf<'_, '_>) -> PyResult<u32> {
+        common::with_common(slf, |c| c.conn_lost)
+    }
+
+    #[getter]
+    fn _paused(slf: Slf<'_, '_>) -> PyResult<bool> {
+        common::with_common(slf, |c| c.paused)
+    }
+
+    #[getter]
+    fn _protocol_paused(slf: Slf<'_, '_>) -> PyResult<bool> {
+        common::with_common(slf, |c| c.flow.paused)
+    }
+}
