@@ -1,5 +1,6 @@
-"""Network benchmark: echo servers (sock_*, streams, Protocol) and a keep-alive HTTP/1.1
-server on ferroloop, asyncio, uvloop and rloop, with a pure-Rust echo server as the ceiling.
+"""Network benchmark: echo servers (sock_*, streams, Protocol), a keep-alive HTTP/1.1 server
+and a UDP echo server (DatagramProtocol) on ferroloop, asyncio, uvloop and rloop, with a
+pure-Rust echo server as the ceiling.
 
 Every measurement starts a fresh server process pinned to one core (servers.py, or the
 rust-echo binary) and a separate load generator process pinned to another core (load.py:
@@ -7,8 +8,13 @@ N connections doing request/response round trips); it reports round trips per se
 per server CPU-second. Loops are interleaved within each repetition; medians are reported.
 
     python3 bench/net/run.py [--quick] [--loops ferroloop,asyncio,uvloop,rloop,rust]
-        [--styles sock,streams,protocol,http] [--sizes 1k,10k,100k] [--transports tcp,unix]
-        [--duration S] [--warmup S] [--connections N] [--repeat R]
+        [--styles sock,streams,protocol,http,udp] [--sizes 1k,10k,100k]
+        [--transports tcp,unix,udp,unixdgram] [--duration S] [--warmup S] [--connections N]
+        [--repeat R]
+
+The udp style runs on the datagram transports (udp, unixdgram), the other styles on the
+stream ones (tcp, unix). Default sizes: 1k,10k,100k for the stream styles, 64,1k for udp;
+an explicit --sizes applies to all styles.
 """
 
 import argparse
@@ -33,8 +39,13 @@ RUST_BIN = os.path.join(CRATE, "target", "release", "rust-echo")
 
 PY_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop"]
 ALL_SERVERS = PY_LOOPS + ["rust"]
-STYLES = ["sock", "streams", "protocol", "http"]
-TRANSPORTS = ["tcp", "unix"]
+STYLES = ["sock", "streams", "protocol", "http", "udp"]
+STREAM_TRANSPORTS = ["tcp", "unix"]
+DGRAM_TRANSPORTS = ["udp", "unixdgram"]  # the udp style's transports
+TRANSPORTS = STREAM_TRANSPORTS + DGRAM_TRANSPORTS
+STREAM_SIZES = "1k,10k,100k"
+DGRAM_SIZES = "64,1k"
+MAX_UDP_SIZE = 65507  # largest UDP payload over IPv4
 LOAD_BOUND = 0.90  # load generator CPU / wall at or above this: it may be the bottleneck
 READY_TIMEOUT = 20.0
 
@@ -68,7 +79,10 @@ def pin(core):
 def start_server(server, style, transport, addr, core, errfile):
     """Start a server; return (process, address for the load generator) or raise NA/Err."""
     if server == "rust":
-        cmd = [RUST_BIN, "--tcp", f"{addr}:0"] if transport == "tcp" else [RUST_BIN, "--unix", addr]
+        if transport in ("tcp", "udp"):
+            cmd = [RUST_BIN, f"--{transport}", f"{addr}:0"]
+        else:
+            cmd = [RUST_BIN, f"--{transport}", addr]
         cmd += ["--http"] * (style == "http")
     else:
         cmd = [sys.executable, SERVERS, server, style, transport, addr, str(core)]
@@ -79,7 +93,7 @@ def start_server(server, style, transport, addr, core, errfile):
     line = proc.stdout.readline().strip() if ready else ""
     if line.startswith("READY "):
         value = line.split(" ", 1)[1]
-        return proc, (f"{addr}:{value}" if transport == "tcp" else value)
+        return proc, (f"{addr}:{value}" if transport in ("tcp", "udp") else value)
     proc.kill()
     proc.wait()
     if line.startswith("SETUP-ERROR "):
@@ -97,7 +111,8 @@ class Failed(Exception):
 
 def measure(server, style, transport, size, opts, tmpdir):
     """One (server, scenario) measurement: a dict with the figures, or status na/err."""
-    addr = "127.0.0.1" if transport == "tcp" else os.path.join(tmpdir, f"{server}-{style}.sock")
+    inet = transport in ("tcp", "udp")
+    addr = "127.0.0.1" if inet else os.path.join(tmpdir, f"{server}-{style}.sock")
     mode = "http" if style == "http" else str(size)
     with tempfile.TemporaryFile(mode="w+") as errfile:
         proc = None
@@ -135,7 +150,7 @@ def measure(server, style, transport, size, opts, tmpdir):
                     proc.wait()
             errfile.seek(0)
             stderr = errfile.read().strip()
-    if transport == "unix" and os.path.exists(addr):
+    if not inet and os.path.exists(addr):
         os.unlink(addr)
     if stderr and result["status"] != "na":
         result["server_stderr"] = stderr[-4000:]
@@ -171,25 +186,44 @@ def probe(server):
 
 
 def scenarios(opts):
-    """[(label, style, transport, size)] in run order; http has no size."""
+    """[(label, style, transport, size)] in run order; http has no size.
+
+    udp rows run on the datagram transports and are labelled `<transport> <size>` (`udp 64B`,
+    `unixdgram 1k`); the other styles run on the stream transports.
+    """
     out = []
     for style in opts.styles:
-        for transport in opts.transports:
+        dgram = style == "udp"
+        transports = [t for t in opts.transports if (t in DGRAM_TRANSPORTS) == dgram]
+        if not transports:
+            kinds = ", ".join(DGRAM_TRANSPORTS if dgram else STREAM_TRANSPORTS)
+            print(f"warning: style {style} runs on {kinds}: not in --transports", file=sys.stderr)
+        sizes = opts.sizes or [
+            parse_size(x) for x in (DGRAM_SIZES if dgram else STREAM_SIZES).split(",")
+        ]
+        for transport in transports:
             if style == "http":
                 out.append((f"http {transport}", style, transport, None))
                 continue
-            for size in opts.sizes:
-                out.append((f"{style} {transport} {size_label(size)}", style, transport, size))
+            for size in sizes:
+                if transport == "udp" and size > MAX_UDP_SIZE:
+                    print(f"warning: no udp row for {size} B (max {MAX_UDP_SIZE})", file=sys.stderr)
+                    continue
+                prefix = transport if dgram else f"{style} {transport}"
+                out.append((f"{prefix} {size_label(size)}", style, transport, size))
     return out
 
 
 def rust_key(style, transport, size):
     """The Rust server does not care about the Python style: one run serves all echo rows."""
-    return ("http" if style == "http" else "echo", transport, size)
+    kind = style if style in ("http", "udp") else "echo"
+    return (kind, transport, size)
 
 
 def run_all(opts, servers):
     rows = scenarios(opts)
+    if not rows:
+        sys.exit("nothing to run: no scenario for these --styles, --transports and --sizes")
     runs = []
     total = opts.repeat * sum(
         len([s for s in servers if s != "rust"]) for _ in rows
@@ -221,7 +255,8 @@ def log(count, total, label, server, res):
         print(
             f"{head} {n / wall:>9.0f} req/s {n / res['server_cpu']:>9.0f} req/CPU-s"
             f"  server {100 * res['server_cpu'] / wall:3.0f}%"
-            f"  load {100 * res['load_cpu'] / wall:3.0f}%",
+            f"  load {100 * res['load_cpu'] / wall:3.0f}%"
+            + (f"  resent {res['resends_total']}" if "resends_total" in res else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -257,6 +292,8 @@ def summarize(rows, runs, servers):
                 "stderr": any(r.get("server_stderr") for r in mine),
                 "n": len(mine),
             }
+            if style == "udp":  # datagrams resent after a timeout, all repetitions, whole runs
+                cells[server]["resends"] = sum(r["resends_total"] for r in mine)
         summary[label] = cells
     return summary
 
@@ -317,6 +354,21 @@ def tables(rows, summary, servers):
     return "\n".join(main), "\n".join(diag)
 
 
+def resend_table(rows, summary, servers):
+    """udp rows: datagrams resent (not echoed within load.py's RESEND_SECONDS)."""
+    udp = [label for label, style, *_ in rows if style == "udp"]
+    if not udp:
+        return None
+    lines = ["| scenario | " + " | ".join(servers) + " |", "|" + "---|" * (len(servers) + 1)]
+    for label in udp:
+        line = [label]
+        for s in servers:
+            c = summary[label].get(s)
+            line.append(str(c["resends"]) if c and c["status"] == "ok" else "-")
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
 def machine():
     model = ""
     try:
@@ -335,10 +387,13 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 repetition, short windows (~2 min)")
+    ap.add_argument("--quick", action="store_true", help="1 repetition, short windows (~2.5 min)")
     ap.add_argument("--loops", default=",".join(ALL_SERVERS), help="servers to run")
     ap.add_argument("--styles", default=",".join(STYLES))
-    ap.add_argument("--sizes", default="1k,10k,100k", help="echo message sizes (bytes or Nk)")
+    ap.add_argument(
+        "--sizes",
+        help=f"echo message sizes, bytes or Nk (default {STREAM_SIZES}; udp: {DGRAM_SIZES})",
+    )
     ap.add_argument("--transports", default=",".join(TRANSPORTS))
     ap.add_argument("--duration", type=float, help="measured seconds per run (default 1.5)")
     ap.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5)")
@@ -350,7 +405,7 @@ def main():
     opts.loops = csv(opts.loops, ALL_SERVERS, "loop")
     opts.styles = csv(opts.styles, STYLES, "style")
     opts.transports = csv(opts.transports, TRANSPORTS, "transport")
-    opts.sizes = [parse_size(x) for x in opts.sizes.split(",") if x.strip()]
+    opts.sizes = [parse_size(x) for x in (opts.sizes or "").split(",") if x.strip()]
     quick = opts.quick
     opts.duration = opts.duration or (0.7 if quick else 1.5)
     opts.warmup = opts.warmup if opts.warmup is not None else (0.3 if quick else 0.5)
@@ -390,11 +445,21 @@ def main():
     )
     print("Server / load-generator CPU, % of wall (median / max):\n")
     print(diag_table)
+    resends = resend_table(rows, summary, servers)
+    if resends:
+        print(
+            "\nudp rows: datagrams resent (no echo within 200 ms; loss), sum over repetitions"
+            " (warm-up and window):\n"
+        )
+        print(resends)
     problems = {}
     for r in runs:
         if r["status"] != "ok" or r.get("server_stderr"):
             k = f"{r['server']} / {r['row']}"
-            problems.setdefault(k, r.get("error") or r["server_stderr"].splitlines()[-1])
+            text = r.get("error") or r["server_stderr"].splitlines()[-1]
+            if r.get("error") and r.get("server_stderr"):
+                text += f" (server stderr: {r['server_stderr'].splitlines()[-1]})"
+            problems.setdefault(k, text)
     if problems:
         print("\nNot available / errors:\n")
         for k, v in problems.items():

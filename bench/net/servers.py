@@ -4,9 +4,10 @@ Usage: python3 bench/net/servers.py LOOP STYLE TRANSPORT ADDR CORE
        python3 bench/net/servers.py --probe LOOP
 
 LOOP is ferroloop, asyncio, uvloop or rloop (the loop comes from that package's
-`new_event_loop`); STYLE is sock, streams, protocol or http; TRANSPORT is tcp (ADDR is the
-host, the port is chosen by the kernel) or unix (ADDR is the socket path). The process pins
-itself to CORE, starts the server, prints `READY <port|path>` and serves until killed.
+`new_event_loop`); STYLE is sock, streams, protocol, http or udp; TRANSPORT is tcp (ADDR is
+the host, the port is chosen by the kernel) or unix (ADDR is the socket path), and for the
+udp style udp (IPv4, ADDR is the host) or unixdgram (ADDR is the socket path). The process
+pins itself to CORE, starts the server, prints `READY <port|path>` and serves until killed.
 Setup errors print `SETUP-ERROR <exception>` and exit with status 3 (shown as n/a); any
 error while serving is printed to stderr, which run.py reports.
 """
@@ -137,6 +138,35 @@ class EchoProtocol(asyncio.Protocol):
         self.transport = None
 
 
+# --- udp: loop.create_datagram_endpoint with a DatagramProtocol echoing each datagram ----
+
+
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+    def error_received(self, exc):
+        print(f"udp: error_received: {exc!r}", file=sys.stderr)
+
+    def connection_lost(self, exc):
+        self.transport = None
+
+
+async def start_udp(loop, transport, addr):
+    if transport == "udp":
+        dgram, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, local_addr=(addr, 0))
+    else:
+        dgram, _ = await loop.create_datagram_endpoint(
+            EchoDatagramProtocol, local_addr=addr, family=socket.AF_UNIX
+        )
+    return dgram.get_extra_info("sockname"), dgram
+
+
 # --- http: minimal keep-alive HTTP/1.1 server, httptools parser + Protocol -------------
 
 
@@ -207,6 +237,8 @@ def main():
             coro = start_protocol(loop, transport, addr, EchoProtocol)
         elif style == "http":
             coro = start_protocol(loop, transport, addr, HttpProtocol)
+        elif style == "udp":
+            coro = start_udp(loop, transport, addr)
         else:
             raise ValueError(f"unknown style {style!r}")
         sockname, keep = loop.run_until_complete(coro)
@@ -216,7 +248,7 @@ def main():
         text = f"{type(exc).__name__} in {where}(): {exc}".splitlines()[0]
         print(f"SETUP-ERROR {text.rstrip(': ')}", flush=True)
         sys.exit(3)
-    ready = sockname[1] if transport == "tcp" else sockname
+    ready = sockname[1] if transport in ("tcp", "udp") else sockname
     print(f"READY {ready}", flush=True)
 
     def report(loop, context):

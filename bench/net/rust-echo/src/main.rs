@@ -4,15 +4,19 @@
 //! echo every chunk it reads (one `recv` of up to 256 KiB per readiness event, then one
 //! `send`; the rest is queued and reads pause until it is written), or, with `--http`,
 //! answer every complete request head (`\r\n\r\n`) with a fixed keep-alive response.
+//! With `--udp` or `--unixdgram` it is a datagram echo server instead: one non-blocking
+//! `recvfrom` per readiness event and one `sendto` of that datagram back to its sender (a
+//! datagram the socket does not take at once is dropped; the client resends).
 //!
 //!     rust-echo (--tcp HOST:PORT | --unix PATH) [--http]
+//!     rust-echo (--udp HOST:PORT | --unixdgram PATH)
 //!
 //! Prints `READY <port|path>` on stdout once listening; runs until killed.
 
 use std::io::{self, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{IntoRawFd, RawFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixDatagram, UnixListener};
 
 const READ_SIZE: usize = 256 * 1024;
 const MAX_EVENTS: usize = 256;
@@ -169,6 +173,72 @@ impl Server {
     }
 }
 
+fn print_ready(ready: &str) {
+    let mut stdout = io::stdout();
+    writeln!(stdout, "READY {ready}")
+        .and_then(|_| stdout.flush())
+        .expect("stdout");
+}
+
+fn epoll_wait(ep: RawFd, events: &mut [libc::epoll_event]) -> usize {
+    loop {
+        // SAFETY: `events` holds `events.len()` writable epoll_event entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+        if n >= 0 {
+            return n as usize;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            fail("epoll_wait");
+        }
+    }
+}
+
+/// `--udp` / `--unixdgram`: echo every datagram to its sender, one per readiness event.
+fn serve_datagrams(fd: RawFd, ready: &str) -> ! {
+    // SAFETY: plain syscall without pointer arguments.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        fail("epoll_create1");
+    }
+    epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32);
+    let mut buf = vec![0u8; READ_SIZE];
+    print_ready(ready);
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1];
+    loop {
+        epoll_wait(ep, &mut events);
+        // SAFETY: all-zero bytes are a valid sockaddr_storage.
+        let mut peer: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut peer_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: `buf` is writable for `buf.len()` bytes; `peer`/`peer_len` describe a
+        // writable sockaddr_storage.
+        let n = unsafe {
+            libc::recvfrom(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut peer as *mut libc::sockaddr_storage).cast(),
+                &mut peer_len,
+            )
+        };
+        if n < 0 {
+            continue; // EAGAIN, EINTR, or an error queued by an earlier send: next event
+        }
+        // SAFETY: `buf[..n]` was just written; `peer` holds `peer_len` bytes of address.
+        // A failed send (EAGAIN: the peer's queue is full; the peer is gone) drops it.
+        unsafe {
+            libc::sendto(
+                fd,
+                buf.as_ptr().cast(),
+                n as usize,
+                0,
+                (&peer as *const libc::sockaddr_storage).cast(),
+                peer_len,
+            )
+        };
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let http = args.iter().any(|a| a == "--http");
@@ -177,6 +247,17 @@ fn main() {
             .position(|a| a == flag)
             .map(|i| args[i + 1].clone())
     };
+    if let Some(addr) = value("--udp") {
+        let sock = UdpSocket::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        sock.set_nonblocking(true).expect("set_nonblocking");
+        let port = sock.local_addr().expect("local_addr").port();
+        serve_datagrams(sock.into_raw_fd(), &port.to_string());
+    }
+    if let Some(path) = value("--unixdgram") {
+        let sock = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("bind {path}: {e}"));
+        sock.set_nonblocking(true).expect("set_nonblocking");
+        serve_datagrams(sock.into_raw_fd(), &path);
+    }
     let (lfd, tcp, ready) = if let Some(addr) = value("--tcp") {
         let listener = TcpListener::bind(&addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         listener.set_nonblocking(true).expect("set_nonblocking");
@@ -187,7 +268,10 @@ fn main() {
         listener.set_nonblocking(true).expect("set_nonblocking");
         (listener.into_raw_fd(), false, path)
     } else {
-        eprintln!("usage: rust-echo (--tcp HOST:PORT | --unix PATH) [--http]");
+        eprintln!(
+            "usage: rust-echo (--tcp HOST:PORT | --unix PATH) [--http] \
+             | (--udp HOST:PORT | --unixdgram PATH)"
+        );
         std::process::exit(2)
     };
 
@@ -205,22 +289,12 @@ fn main() {
         buf: vec![0; READ_SIZE],
     };
 
-    let mut stdout = io::stdout();
-    writeln!(stdout, "READY {ready}")
-        .and_then(|_| stdout.flush())
-        .expect("stdout");
+    print_ready(&ready);
 
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
     loop {
-        // SAFETY: `events` holds MAX_EVENTS writable epoll_event entries.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), MAX_EVENTS as i32, -1) };
-        if n < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            fail("epoll_wait");
-        }
-        for ev in &events[..n as usize] {
+        let n = epoll_wait(ep, &mut events);
+        for ev in &events[..n] {
             let (fd, flags) = (ev.u64 as RawFd, ev.events);
             if fd == lfd {
                 server.accept_all(lfd);
