@@ -60,7 +60,7 @@ fn native_fd(event_loop: &Bound<'_, LoopCore>, sock: &Bound<'_, PyAny>) -> PyRes
 /// Receives up to `n` bytes into a new `bytes` (`sock.recv(n)`).
 fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<std::io::Result<Py<PyBytes>>> {
     if n <= MAX_SIZE {
-        crate::transports::socket::with_read_buffer(py, |buf| {
+        crate::transports::with_read_buffer(py, |buf| {
             sys::recv(fd, &mut buf[..n]).map(|got| PyBytes::new(py, &buf[..got]).unbind())
         })
     } else {

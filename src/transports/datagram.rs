@@ -3,9 +3,11 @@
 //! Users hold the Python `ferroloop._transports.DatagramTransport`, a real
 //! `asyncio.DatagramTransport` whose `sendto` is this core's bound method.
 //!
-//! The control flow is native; the system calls go through the socket's own `recvfrom`,
-//! `sendto` and `send` methods, so addresses are converted exactly as CPython's `socket`
-//! module converts them (IPv6 scope ids, Unix abstract names), as in asyncio.
+//! The control flow is native. On IPv4 sockets the system calls are native too: the sender's
+//! address becomes `(host, port)` as CPython's `socket` module makes it (the last one is reused
+//! while the peer stays the same), and `sendto` to a numeric `(host, port)` skips the socket
+//! module. Everything else — IPv6 (scope ids), Unix datagram sockets (abstract names), host
+//! names — goes through the socket's own `recvfrom`, `sendto` and `send`, as in asyncio.
 //!
 //! Invariants (asyncio's):
 //! - a writer is registered exactly while datagrams wait in the buffer;
@@ -14,17 +16,35 @@
 //!   transport stays open; other exceptions end it (`_fatal_error`).
 
 use super::common::{self, Common, Core};
+use crate::buffers;
+use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::py_helpers;
 use crate::transports::{self, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_SIZE};
 use ferroloop_core::registry::Side;
+use ferroloop_core::sys;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
+
+/// `addr` as an IPv4 address when it is a numeric `(host, port)` pair; `None` sends the caller
+/// to the socket module (host names, `''`, `'<broadcast>'`, malformed addresses and their
+/// exact errors).
+fn numeric_v4(addr: &Bound<'_, PyAny>) -> Option<SocketAddrV4> {
+    let pair = addr.cast::<PyTuple>().ok()?;
+    if pair.len() != 2 {
+        return None;
+    }
+    let host = pair.get_item(0).ok()?;
+    let host: Ipv4Addr = host.cast::<PyString>().ok()?.to_str().ok()?.parse().ok()?;
+    let port: u16 = pair.get_item(1).ok()?.extract().ok()?;
+    Some(SocketAddrV4::new(host, port))
+}
 
 /// The datagram transport's state: `_SelectorDatagramTransport`'s attributes.
 pub struct State {
@@ -35,6 +55,10 @@ pub struct State {
     connected: bool,
     buffer: VecDeque<(Py<PyBytes>, Py<PyAny>)>,
     buffer_size: usize,
+    /// The socket is `AF_INET`: receives and sends take the native path.
+    inet4: bool,
+    /// The last sender and its Python address, reused while the peer stays the same.
+    last_peer: Option<(SocketAddrV4, Py<PyTuple>)>,
 }
 
 /// The native core of `ferroloop._transports.DatagramTransport`.
@@ -110,7 +134,22 @@ impl DatagramTransportCore {
         addr: &Bound<'_, PyAny>,
     ) -> PyResult<Outcome<()>> {
         let py = slf.py();
-        let connected = Self::with(slf, |s| s.connected)?;
+        let (connected, inet4) = Self::with(slf, |s| (s.connected, s.inet4))?;
+        let fd = slf.get().fd;
+        let native = if connected {
+            buffers::with_readable(data, |bytes| sys::send(fd, bytes)).ok()
+        } else if let Some(to) = inet4.then(|| numeric_v4(addr)).flatten() {
+            buffers::with_readable(data, |bytes| sys::sendto_v4(fd, bytes, to)).ok()
+        } else {
+            None
+        };
+        if let Some(sent) = native {
+            return Ok(match sent {
+                Ok(_) => Outcome::Done(()),
+                Err(err) if transports::is_retry(&err) => Outcome::Retry,
+                Err(err) => Outcome::OsError(os_error(err)),
+            });
+        }
         let Some(sock) = common::sock(slf)? else {
             return Ok(Outcome::Done(()));
         };
@@ -120,6 +159,44 @@ impl DatagramTransportCore {
             sock.call_method1(intern!(py, "sendto"), (data, addr))
         };
         Ok(classify(py, result.map(drop)))
+    }
+
+    /// One `recvfrom` on an IPv4 socket: the data and the sender's `(host, port)`.
+    fn recv_v4<'py>(slf: Slf<'_, 'py>) -> PyResult<Outcome<(Bound<'py, PyBytes>, Py<PyAny>)>> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let received = super::with_read_buffer(py, |buf| {
+            sys::recvfrom_v4(fd, buf).map(|(n, from)| (PyBytes::new(py, &buf[..n]), from))
+        })?;
+        let (data, from) = match received {
+            Ok(pair) => pair,
+            Err(err) if transports::is_retry(&err) => return Ok(Outcome::Retry),
+            Err(err) => return Ok(Outcome::OsError(os_error(err))),
+        };
+        let Some(from) = from else {
+            return Ok(Outcome::Done((data, py.None())));
+        };
+        let cached = Self::with(slf, |s| match &s.last_peer {
+            Some((peer, tuple)) if *peer == from => Some(tuple.clone_ref(py)),
+            _ => None,
+        })?;
+        let addr = match cached {
+            Some(tuple) => tuple,
+            None => {
+                let tuple = PyTuple::new(
+                    py,
+                    [
+                        PyString::new(py, &from.ip().to_string()).into_any(),
+                        from.port().into_pyobject(py)?.into_any(),
+                    ],
+                )?
+                .unbind();
+                let old = Self::with(slf, |s| s.last_peer.replace((from, tuple.clone_ref(py))))?;
+                drop(old);
+                tuple
+            }
+        };
+        Ok(Outcome::Done((data, addr.into_any())))
     }
 
     /// `protocol.error_received(exc)`; its own exceptions propagate, as in asyncio.
@@ -145,6 +222,7 @@ impl DatagramTransportCore {
         address: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let family: i32 = sock.getattr("family")?.extract()?;
         let connected = match extra.get_item("peername")? {
             Some(peer) => peer.is_truthy()?,
             None => false,
@@ -157,6 +235,8 @@ impl DatagramTransportCore {
                 connected,
                 buffer: VecDeque::new(),
                 buffer_size: 0,
+                inet4: family == sys::AF_INET,
+                last_peer: None,
             }),
         })
     }
@@ -182,18 +262,21 @@ impl DatagramTransportCore {
         let Some(sock) = sock.filter(|_| !lost) else {
             return Ok(());
         };
-        let received = sock.call_method1(py, intern!(py, "recvfrom"), (MAX_SIZE,));
-        match classify(py, received) {
+        let received = if Self::with(slf, |s| s.inet4)? {
+            Self::recv_v4(slf)?
+        } else {
+            let pair = sock.call_method1(py, intern!(py, "recvfrom"), (MAX_SIZE,));
+            classify(py, pair.and_then(|p| p.into_bound(py).extract()))
+        };
+        match received {
             Outcome::Retry => Ok(()),
             Outcome::OsError(err) => Self::error_received(slf, err),
             Outcome::Other(err) => {
                 common::fatal(slf, err, "Fatal read error on datagram transport")
             }
-            Outcome::Done(pair) => {
-                let pair = pair.into_bound(py);
-                let pair = pair.cast::<PyTuple>()?;
+            Outcome::Done((data, addr)) => {
                 if let Some(protocol) = common::protocol(slf)? {
-                    protocol.call_method1(intern!(py, "datagram_received"), pair)?;
+                    protocol.call_method1(intern!(py, "datagram_received"), (data, addr))?;
                 }
                 Ok(())
             }
@@ -248,7 +331,7 @@ impl DatagramTransportCore {
             }
         }
         // Ensure that what we buffer is immutable.
-        let copy = PyBytes::new(py, &crate::buffers::with_readable(data, <[u8]>::to_vec)?);
+        let copy = PyBytes::new(py, &buffers::with_readable(data, <[u8]>::to_vec)?);
         let size = copy.as_bytes().len();
         Self::with(slf, |s| {
             s.buffer.push_back((copy.unbind(), addr.unbind()));

@@ -9,6 +9,7 @@ pub mod common;
 pub mod datagram;
 pub mod socket;
 
+use crate::gil_cell::GilCell;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -20,6 +21,23 @@ pub const MAX_SIZE: usize = 256 * 1024;
 
 /// `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 pub const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// One receive buffer for all transports and `sock_recv`: a receive fills it and its bytes are
+/// copied into the `bytes` handed to the protocol, so an idle connection holds no receive
+/// memory.
+static READ_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
+
+/// Runs `f` on the shared receive buffer (at least `MAX_SIZE` bytes). `f` must not run Python
+/// code; making a `bytes` is fine (it is not tracked by the GC, so it cannot trigger a
+/// collection).
+pub fn with_read_buffer<R>(py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
+    READ_BUFFER.with(py, |buf| {
+        if buf.len() < MAX_SIZE {
+            buf.resize(MAX_SIZE, 0);
+        }
+        f(buf)
+    })
+}
 
 /// Whether an exception must leave the loop (`SystemExit`, `KeyboardInterrupt`) rather than be
 /// handled as a fatal transport error.

@@ -25,7 +25,7 @@ use crate::buffers;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::py_helpers;
-use crate::transports::{self, is_retry, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_SIZE};
+use crate::transports::{self, is_retry, with_read_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use ferroloop_core::registry::Side;
 use ferroloop_core::sys;
 use ferroloop_core::transports::WriteBuffer;
@@ -35,22 +35,6 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use pyo3::{PyTraverseError, PyVisit};
 use std::os::fd::RawFd;
-
-/// One receive buffer for all transports: a `recv` fills it and its bytes are copied into the
-/// `bytes` handed to `data_received`, so an idle connection holds no receive memory.
-static READ_BUFFER: GilCell<Vec<u8>> = GilCell::new(Vec::new());
-
-/// Runs `f` on the shared receive buffer (at least `MAX_SIZE` bytes). `f` must not run Python
-/// code; making a `bytes` is fine (it is not tracked by the GC, so it cannot trigger a
-/// collection).
-pub fn with_read_buffer<R>(py: Python<'_>, f: impl FnOnce(&mut [u8]) -> R) -> PyResult<R> {
-    READ_BUFFER.with(py, |buf| {
-        if buf.len() < MAX_SIZE {
-            buf.resize(MAX_SIZE, 0);
-        }
-        f(buf)
-    })
-}
 
 /// The stream transport's state: `_SelectorSocketTransport`'s attributes.
 pub struct State {

@@ -9,6 +9,7 @@
 //!   [`RawFd`] integers: the kernel validates them (EBADF), no memory is touched through them.
 
 use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Runs a libc call and maps a `-1` result to the current `errno`.
@@ -118,6 +119,9 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `AF_INET`, the family of IPv4 sockets.
+pub const AF_INET: i32 = libc::AF_INET;
+
 /// `EBADF`, for errors the binding reports as the kernel would.
 pub const EBADF: i32 = libc::EBADF;
 
@@ -143,6 +147,52 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
 }
 
+/// `recvfrom(fd, buf, 0)` on an IPv4 datagram socket: the byte count and the sender (`None`
+/// when the kernel gave no IPv4 address).
+pub fn recvfrom_v4(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddrV4>)> {
+    // SAFETY: an all-zero `sockaddr_in` is a valid value (AF_UNSPEC, address 0).
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // `buf` is a live, writable slice; `addr` and `len` are live locals, `len` holding the size
+    // of `addr`, which the kernel fills and does not overrun.
+    let n = syscall!(recvfrom(
+        fd,
+        buf.as_mut_ptr().cast(),
+        buf.len(),
+        0,
+        (&mut addr as *mut libc::sockaddr_in).cast(),
+        &mut len
+    ))?;
+    let full = len as usize >= std::mem::size_of::<libc::sockaddr_in>();
+    let from = (full && i32::from(addr.sin_family) == libc::AF_INET).then(|| {
+        SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+            u16::from_be(addr.sin_port),
+        )
+    });
+    Ok((n as usize, from))
+}
+
+/// `sendto(fd, buf, 0, to)` on an IPv4 datagram socket.
+pub fn sendto_v4(fd: RawFd, buf: &[u8], to: SocketAddrV4) -> io::Result<usize> {
+    // SAFETY: an all-zero `sockaddr_in` is a valid value; the fields are set below.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+    addr.sin_port = to.port().to_be();
+    addr.sin_addr.s_addr = u32::from(*to.ip()).to_be();
+    // `buf` is a live, readable slice; `addr` is a live, fully initialised `sockaddr_in` whose
+    // size is passed with it.
+    let n = syscall!(sendto(
+        fd,
+        buf.as_ptr().cast(),
+        buf.len(),
+        0,
+        (&addr as *const libc::sockaddr_in).cast(),
+        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
+    ))?;
+    Ok(n as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +214,21 @@ mod tests {
         eventfd_signal(&fd).unwrap();
         eventfd_signal(&fd).unwrap();
         assert_eq!(eventfd_drain(&fd).unwrap(), 2);
+    }
+
+    #[test]
+    fn datagrams_over_ipv4_carry_their_addresses() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (a_addr, b_addr) = match (a.local_addr().unwrap(), b.local_addr().unwrap()) {
+            (std::net::SocketAddr::V4(x), std::net::SocketAddr::V4(y)) => (x, y),
+            _ => unreachable!(),
+        };
+        use std::os::fd::AsRawFd;
+        assert_eq!(sendto_v4(a.as_raw_fd(), b"hi", b_addr).unwrap(), 2);
+        let mut buf = [0u8; 16];
+        let (n, from) = recvfrom_v4(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"hi"[..], Some(a_addr)));
     }
 
     #[test]
