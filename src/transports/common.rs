@@ -437,3 +437,133 @@ pub fn clear<T: Core>(core: &T) {
         drop(taken);
     });
 }
+
+/// The `#[pymethods]` block of a transport core: asyncio's `_SelectorTransport` methods and
+/// attributes (forwarding to the functions above), followed by the core's own methods.
+/// (PyO3 takes one `#[pymethods]` block per class, so the shared part is spliced in here.)
+macro_rules! transport_pymethods {
+    ($ty:ty { $($own:tt)* }) => {
+        #[pyo3::pymethods]
+        impl $ty {
+            $($own)*
+
+            fn __clear__(&self) {
+                $crate::transports::common::clear(self);
+            }
+
+            /// `close()`: stop reading; once the buffer is flushed, `connection_lost(None)`.
+            fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+                $crate::transports::common::close(slf)
+            }
+
+            /// `abort()`: drop the buffer and close at once.
+            fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+                $crate::transports::common::force_close(slf, slf.py().None().bind(slf.py()))
+            }
+
+            fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+                $crate::transports::common::force_close(slf, exc)
+            }
+
+            fn _call_connection_lost(
+                slf: &Bound<'_, Self>,
+                exc: &Bound<'_, PyAny>,
+            ) -> PyResult<()> {
+                $crate::transports::common::call_connection_lost(slf, exc)
+            }
+
+            fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+                $crate::transports::common::pause_reading(slf)
+            }
+
+            fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+                $crate::transports::common::resume_reading(slf)
+            }
+
+            fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+                $crate::transports::common::start_reading(slf)
+            }
+
+            fn is_reading(slf: &Bound<'_, Self>) -> PyResult<bool> {
+                $crate::transports::common::is_reading(slf)
+            }
+
+            fn is_closing(slf: &Bound<'_, Self>) -> PyResult<bool> {
+                $crate::transports::common::with_common(slf, |c| c.closing)
+            }
+
+            fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+                $crate::transports::common::set_protocol(slf, protocol)
+            }
+
+            fn get_protocol(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+                Ok($crate::transports::common::protocol(slf)?.map(Bound::unbind))
+            }
+
+            fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<usize> {
+                $crate::transports::common::with(slf, |s| {
+                    <Self as $crate::transports::common::Core>::buffered(s)
+                })
+            }
+
+            fn get_write_buffer_limits(
+                slf: &Bound<'_, Self>,
+            ) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
+                $crate::transports::common::get_write_buffer_limits(slf)
+            }
+
+            /// `set_write_buffer_limits(high=None, low=None)` with `_FlowControlMixin`'s
+            /// defaults.
+            #[pyo3(signature = (high = None, low = None))]
+            fn set_write_buffer_limits(
+                slf: &Bound<'_, Self>,
+                high: Option<&Bound<'_, PyAny>>,
+                low: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<()> {
+                $crate::transports::common::set_write_buffer_limits(slf, high, low)
+            }
+
+            #[getter]
+            fn _loop(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+                Ok($crate::transports::common::event_loop(slf)?.map(|l| l.into_any().unbind()))
+            }
+
+            #[getter]
+            fn _sock(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+                Ok($crate::transports::common::sock(slf)?.map(Bound::unbind))
+            }
+
+            #[getter]
+            fn _sock_fd(&self) -> std::os::fd::RawFd {
+                <Self as $crate::transports::common::Core>::fd(self)
+            }
+
+            #[getter]
+            fn _protocol(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+                Ok($crate::transports::common::protocol(slf)?.map(Bound::unbind))
+            }
+
+            #[getter]
+            fn _closing(slf: &Bound<'_, Self>) -> PyResult<bool> {
+                $crate::transports::common::with_common(slf, |c| c.closing)
+            }
+
+            #[getter]
+            fn _conn_lost(slf: &Bound<'_, Self>) -> PyResult<u32> {
+                $crate::transports::common::with_common(slf, |c| c.conn_lost)
+            }
+
+            #[getter]
+            fn _paused(slf: &Bound<'_, Self>) -> PyResult<bool> {
+                $crate::transports::common::with_common(slf, |c| c.paused)
+            }
+
+            #[getter]
+            fn _protocol_paused(slf: &Bound<'_, Self>) -> PyResult<bool> {
+                $crate::transports::common::with_common(slf, |c| c.flow.paused)
+            }
+        }
+    };
+}
+
+pub(crate) use transport_pymethods;

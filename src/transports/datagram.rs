@@ -209,8 +209,7 @@ impl DatagramTransportCore {
     }
 }
 
-#[pymethods]
-impl DatagramTransportCore {
+common::transport_pymethods!(DatagramTransportCore {
     #[new]
     #[pyo3(signature = (transport, event_loop, sock, protocol, extra, address))]
     fn py_new(
@@ -247,10 +246,6 @@ impl DatagramTransportCore {
         };
         s.common.traverse(&visit)?;
         visit.call(&s.address)
-    }
-
-    fn __clear__(&self) {
-        common::clear(self);
     }
 
     /// `_read_ready()`: one `recvfrom`, then `datagram_received(data, addr)`.
@@ -382,110 +377,9 @@ impl DatagramTransportCore {
         Ok(())
     }
 
-    fn get_write_buffer_size(slf: Slf<'_, '_>) -> PyResult<usize> {
-        Self::with(slf, |s| s.buffer_size)
-    }
-
-    fn close(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::close(slf)
-    }
-
-    fn abort(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::force_close(slf, slf.py().None().bind(slf.py()))
-    }
-
-    fn _force_close(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        common::force_close(slf, exc)
-    }
-
-    fn _call_connection_lost(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        common::call_connection_lost(slf, exc)
-    }
-
-    fn pause_reading(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::pause_reading(slf)
-    }
-
-    fn resume_reading(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::resume_reading(slf)
-    }
-
-    fn _start_reading(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::start_reading(slf)
-    }
-
-    fn is_reading(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::is_reading(slf)
-    }
-
-    fn is_closing(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.closing)
-    }
-
-    fn set_protocol(slf: Slf<'_, '_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        common::set_protocol(slf, protocol)
-    }
-
-    fn get_protocol(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::protocol(slf)?.map(Bound::unbind))
-    }
-
-    fn get_write_buffer_limits(slf: Slf<'_, '_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
-        common::get_write_buffer_limits(slf)
-    }
-
-    #[pyo3(signature = (high = None, low = None))]
-    fn set_write_buffer_limits(
-        slf: Slf<'_, '_>,
-        high: Option<&Bound<'_, PyAny>>,
-        low: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        common::set_write_buffer_limits(slf, high, low)
-    }
-
-    #[getter]
-    fn _loop(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::event_loop(slf)?.map(|l| l.into_any().unbind()))
-    }
-
-    #[getter]
-    fn _sock(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::sock(slf)?.map(Bound::unbind))
-    }
-
-    #[getter]
-    fn _sock_fd(&self) -> RawFd {
-        self.fd
-    }
-
-    #[getter]
-    fn _protocol(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::protocol(slf)?.map(Bound::unbind))
-    }
-
     #[getter]
     fn _address(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
         let py = slf.py();
         Self::with(slf, |s| s.address.as_ref().map(|a| a.clone_ref(py)))
     }
-
-    #[getter]
-    fn _closing(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.closing)
-    }
-
-    #[getter]
-    fn _conn_lost(slf: Slf<'_, '_>) -> PyResult<u32> {
-        common::with_common(slf, |c| c.conn_lost)
-    }
-
-    #[getter]
-    fn _paused(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.paused)
-    }
-
-    #[getter]
-    fn _protocol_paused(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.flow.paused)
-    }
-}
+});

@@ -259,8 +259,7 @@ impl SocketTransportCore {
     }
 }
 
-#[pymethods]
-impl SocketTransportCore {
+common::transport_pymethods!(SocketTransportCore {
     #[new]
     #[pyo3(signature = (transport, event_loop, sock, protocol, extra))]
     fn py_new(
@@ -288,10 +287,6 @@ impl SocketTransportCore {
         };
         s.common.traverse(&visit)?;
         visit.call(&s.empty_waiter)
-    }
-
-    fn __clear__(&self) {
-        common::clear(self);
     }
 
     /// `_read_ready()`: the reader callback.
@@ -411,70 +406,6 @@ impl SocketTransportCore {
         true
     }
 
-    /// `close()`: stop reading; once the buffer is flushed, call `connection_lost(None)`.
-    fn close(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::close(slf)
-    }
-
-    /// `abort()`: drop the buffer and close at once.
-    fn abort(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::force_close(slf, slf.py().None().bind(slf.py()))
-    }
-
-    fn _force_close(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        common::force_close(slf, exc)
-    }
-
-    fn _call_connection_lost(slf: Slf<'_, '_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        common::call_connection_lost(slf, exc)
-    }
-
-    fn pause_reading(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::pause_reading(slf)
-    }
-
-    fn resume_reading(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::resume_reading(slf)
-    }
-
-    fn _start_reading(slf: Slf<'_, '_>) -> PyResult<()> {
-        common::start_reading(slf)
-    }
-
-    fn is_reading(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::is_reading(slf)
-    }
-
-    fn is_closing(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.closing)
-    }
-
-    fn set_protocol(slf: Slf<'_, '_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        common::set_protocol(slf, protocol)
-    }
-
-    fn get_protocol(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::protocol(slf)?.map(Bound::unbind))
-    }
-
-    fn get_write_buffer_size(slf: Slf<'_, '_>) -> PyResult<usize> {
-        Self::with(slf, |s| s.buffer.len())
-    }
-
-    fn get_write_buffer_limits(slf: Slf<'_, '_>) -> PyResult<(Py<PyAny>, Py<PyAny>)> {
-        common::get_write_buffer_limits(slf)
-    }
-
-    /// `set_write_buffer_limits(high=None, low=None)` with `_FlowControlMixin`'s defaults.
-    #[pyo3(signature = (high = None, low = None))]
-    fn set_write_buffer_limits(
-        slf: Slf<'_, '_>,
-        high: Option<&Bound<'_, PyAny>>,
-        low: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        common::set_write_buffer_limits(slf, high, low)
-    }
-
     fn _make_empty_waiter(slf: Slf<'_, '_>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         if Self::with(slf, |s| s.empty_waiter.is_some())? {
@@ -501,26 +432,6 @@ impl SocketTransportCore {
     }
 
     #[getter]
-    fn _loop(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::event_loop(slf)?.map(|l| l.into_any().unbind()))
-    }
-
-    #[getter]
-    fn _sock(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::sock(slf)?.map(Bound::unbind))
-    }
-
-    #[getter]
-    fn _sock_fd(&self) -> RawFd {
-        self.fd
-    }
-
-    #[getter]
-    fn _protocol(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
-        Ok(common::protocol(slf)?.map(Bound::unbind))
-    }
-
-    #[getter]
     fn _server(slf: Slf<'_, '_>) -> PyResult<Option<Py<PyAny>>> {
         common::server(slf)
     }
@@ -528,26 +439,6 @@ impl SocketTransportCore {
     #[setter(_server)]
     fn set_server(slf: Slf<'_, '_>, server: Option<Py<PyAny>>) -> PyResult<()> {
         common::set_server(slf, server)
-    }
-
-    #[getter]
-    fn _closing(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.closing)
-    }
-
-    #[getter]
-    fn _conn_lost(slf: Slf<'_, '_>) -> PyResult<u32> {
-        common::with_common(slf, |c| c.conn_lost)
-    }
-
-    #[getter]
-    fn _paused(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.paused)
-    }
-
-    #[getter]
-    fn _protocol_paused(slf: Slf<'_, '_>) -> PyResult<bool> {
-        common::with_common(slf, |c| c.flow.paused)
     }
 
     #[getter]
@@ -561,4 +452,4 @@ impl SocketTransportCore {
             s.empty_waiter.as_ref().map(|x| x.clone_ref(slf.py()))
         })
     }
-}
+});
