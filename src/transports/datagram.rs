@@ -303,8 +303,13 @@ common::transport_pymethods!(DatagramTransportCore {
             }
             addr = address.clone();
         }
-        let (lost, empty) = Self::with(slf, |s| (s.common.conn_lost, s.buffer.is_empty()))?;
-        if lost != 0 && address.is_some() {
+        let (lost, empty, closed) = Self::with(slf, |s| {
+            (s.common.conn_lost, s.buffer.is_empty(), s.common.sock.is_none())
+        })?;
+        // asyncio drops (and counts) datagrams of a lost connected endpoint; once the socket is
+        // closed, ferroloop drops every datagram the same way (asyncio fails on the `None`
+        // socket) — the descriptor number may already belong to another socket.
+        if lost != 0 && (address.is_some() || closed) {
             if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
                 py_helpers::logger(py)?
                     .call_method1("warning", ("socket.send() raised exception.",))?;
