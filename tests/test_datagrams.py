@@ -280,6 +280,46 @@ def test_udp_datagram_sizes(loop, size):
     run_coro(loop, main())
 
 
+def test_udp_replies_reach_each_of_many_peers(loop):
+    """More peers than ferroloop's address cache holds (256), twice over: every reply, whether
+    sent to the received address object or to an equal tuple built anew, reaches its sender."""
+
+    async def main():
+        transport, proto = await loop.create_datagram_endpoint(Echo, local_addr=(LOCALHOST, 0))
+        server_addr = transport.get_extra_info("sockname")
+        clients = [udp_socket() for _ in range(300)]
+        try:
+            sent = 0
+            for round_ in range(2):
+                # In batches: a burst of 300 would overflow the server's receive queue.
+                for i, c in enumerate(clients):
+                    c.sendto(f"{round_}:{i}".encode(), server_addr)
+                    sent += 1
+                    if sent % 50 == 0:
+                        await until(lambda n=sent: len(proto.received) == n, "a batch")
+            # Replies to equal tuples that are not the objects the transport handed out.
+            for i, c in enumerate(clients):
+                host, port = c.getsockname()
+                transport.sendto(f"direct:{i}".encode(), (str(host), int(port)))
+            await asyncio.sleep(0.05)
+            for i, c in enumerate(clients):
+                got = []
+                while True:
+                    try:
+                        data, addr = c.recvfrom(100)
+                    except BlockingIOError:
+                        break
+                    assert addr == server_addr
+                    got.append(data)
+                assert got == [f"0:{i}".encode(), f"1:{i}".encode(), f"direct:{i}".encode()]
+        finally:
+            for c in clients:
+                c.close()
+            transport.close()
+
+    run_coro(loop, main())
+
+
 # --------------------------------------------------------------------------- 2. UDP over IPv6
 
 

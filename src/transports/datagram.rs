@@ -28,9 +28,53 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
+
+/// The Python `(host, port)` tuples of recent IPv4 peers, both ways: a datagram from a known peer
+/// reuses its tuple (no string formatting, no allocation), and `sendto` given one of these very
+/// tuples — an echo, a reply — skips parsing it. Bounded: emptied when it reaches
+/// [`PeerCache::CAPACITY`] peers. The tuples are held, so an address object seen by identity
+/// is always the one recorded.
+#[derive(Default)]
+struct PeerCache {
+    by_peer: HashMap<SocketAddrV4, Py<PyTuple>>,
+    by_object: HashMap<usize, SocketAddrV4>,
+}
+
+impl PeerCache {
+    const CAPACITY: usize = 256;
+
+    fn tuple(&self, py: Python<'_>, peer: SocketAddrV4) -> Option<Py<PyTuple>> {
+        self.by_peer.get(&peer).map(|t| t.clone_ref(py))
+    }
+
+    /// The peer of `addr` if it is one of the cached tuples themselves.
+    fn address(&self, addr: &Bound<'_, PyAny>) -> Option<SocketAddrV4> {
+        self.by_object.get(&(addr.as_ptr() as usize)).copied()
+    }
+
+    /// Records `tuple` for `peer`; returns what was evicted, to be dropped outside the state.
+    fn insert(
+        &mut self,
+        py: Python<'_>,
+        peer: SocketAddrV4,
+        tuple: &Py<PyTuple>,
+    ) -> Vec<Py<PyTuple>> {
+        let mut evicted = Vec::new();
+        if self.by_peer.len() >= Self::CAPACITY {
+            self.by_object.clear();
+            evicted.extend(self.by_peer.drain().map(|(_, t)| t));
+        }
+        self.by_object.insert(tuple.as_ptr() as usize, peer);
+        if let Some(old) = self.by_peer.insert(peer, tuple.clone_ref(py)) {
+            self.by_object.remove(&(old.as_ptr() as usize));
+            evicted.push(old);
+        }
+        evicted
+    }
+}
 
 /// `addr` as an IPv4 address when it is a numeric `(host, port)` pair; `None` sends the caller
 /// to the socket module (host names, `''`, `'<broadcast>'`, malformed addresses and their
@@ -57,8 +101,8 @@ pub struct State {
     buffer_size: usize,
     /// The socket is `AF_INET`: receives and sends take the native path.
     inet4: bool,
-    /// The last sender and its Python address, reused while the peer stays the same.
-    last_peer: Option<(SocketAddrV4, Py<PyTuple>)>,
+    /// Python addresses of recent IPv4 peers (see [`PeerCache`]).
+    peers: PeerCache,
 }
 
 /// The native core of `ferroloop._transports.DatagramTransport`.
@@ -134,11 +178,17 @@ impl DatagramTransportCore {
         addr: &Bound<'_, PyAny>,
     ) -> PyResult<Outcome<()>> {
         let py = slf.py();
-        let (connected, inet4) = Self::with(slf, |s| (s.connected, s.inet4))?;
+        let (connected, inet4, known) =
+            Self::with(slf, |s| (s.connected, s.inet4, s.peers.address(addr)))?;
         let fd = slf.get().fd;
+        let to = match known {
+            Some(to) => Some(to),
+            None if inet4 && !connected => numeric_v4(addr),
+            None => None,
+        };
         let native = if connected {
             buffers::with_readable(data, |bytes| sys::send(fd, bytes)).ok()
-        } else if let Some(to) = inet4.then(|| numeric_v4(addr)).flatten() {
+        } else if let Some(to) = to.filter(|_| inet4) {
             buffers::with_readable(data, |bytes| sys::sendto_v4(fd, bytes, to)).ok()
         } else {
             None
@@ -176,10 +226,7 @@ impl DatagramTransportCore {
         let Some(from) = from else {
             return Ok(Outcome::Done((data, py.None())));
         };
-        let cached = Self::with(slf, |s| match &s.last_peer {
-            Some((peer, tuple)) if *peer == from => Some(tuple.clone_ref(py)),
-            _ => None,
-        })?;
+        let cached = Self::with(slf, |s| s.peers.tuple(py, from))?;
         let addr = match cached {
             Some(tuple) => tuple,
             None => {
@@ -191,8 +238,8 @@ impl DatagramTransportCore {
                     ],
                 )?
                 .unbind();
-                let old = Self::with(slf, |s| s.last_peer.replace((from, tuple.clone_ref(py))))?;
-                drop(old);
+                let evicted = Self::with(slf, |s| s.peers.insert(py, from, &tuple))?;
+                drop(evicted);
                 tuple
             }
         };
@@ -235,7 +282,7 @@ common::transport_pymethods!(DatagramTransportCore {
                 buffer: VecDeque::new(),
                 buffer_size: 0,
                 inet4: family == sys::AF_INET,
-                last_peer: None,
+                peers: PeerCache::default(),
             }),
         })
     }
