@@ -3,11 +3,12 @@
 //! Users hold the Python `ferroloop._transports.DatagramTransport`, a real
 //! `asyncio.DatagramTransport` whose `sendto` is this core's bound method.
 //!
-//! The control flow is native. On IPv4 sockets the system calls are native too: the sender's
-//! address becomes `(host, port)` as CPython's `socket` module makes it (the last one is reused
-//! while the peer stays the same), and `sendto` to a numeric `(host, port)` skips the socket
-//! module. Everything else — IPv6 (scope ids), Unix datagram sockets (abstract names), host
-//! names — goes through the socket's own `recvfrom`, `sendto` and `send`, as in asyncio.
+//! The control flow is native. On IPv4 and Unix datagram sockets the system calls are native
+//! too, and addresses are made as CPython's `socket` module makes them: `(host, port)` for IPv4
+//! (recent peers' tuples are reused), the path (`str`, file-system decoded) or abstract name
+//! (`bytes`) for Unix sockets; `sendto` to a numeric IPv4 pair or to a `bytes`/ASCII path skips
+//! the socket module. Everything else — IPv6 (scope ids), host names, non-ASCII paths, errors
+//! in addresses — goes through the socket's own `recvfrom`, `sendto` and `send`, as in asyncio.
 //!
 //! Invariants (asyncio's):
 //! - a writer is registered exactly while datagrams wait in the buffer;
@@ -29,8 +30,29 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+
+/// Where the datagram path is native.
+#[derive(Clone, Copy)]
+enum Family {
+    Inet4,
+    Unix,
+    /// IPv6 and the rest: the socket module's methods.
+    Other,
+}
+
+/// `addr` as the bytes of a Unix socket path: `bytes` as they are, an ASCII `str` as its bytes
+/// (what any file-system encoding makes of it); `None` sends the caller to the socket module.
+fn unix_path(addr: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+    if let Ok(bytes) = addr.cast::<PyBytes>() {
+        return Some(bytes.as_bytes().to_vec());
+    }
+    let text = addr.cast::<PyString>().ok()?.to_str().ok()?;
+    text.is_ascii().then(|| text.as_bytes().to_vec())
+}
 
 /// The Python `(host, port)` tuples of recent IPv4 peers, both ways: a datagram from a known peer
 /// reuses its tuple (no string formatting, no allocation), and `sendto` given one of these very
@@ -99,8 +121,8 @@ pub struct State {
     connected: bool,
     buffer: VecDeque<(Py<PyBytes>, Py<PyAny>)>,
     buffer_size: usize,
-    /// The socket is `AF_INET`: receives and sends take the native path.
-    inet4: bool,
+    /// The socket's family, where receives and sends take the native path.
+    family: Family,
     /// Python addresses of recent IPv4 peers (see [`PeerCache`]).
     peers: PeerCache,
 }
@@ -178,20 +200,22 @@ impl DatagramTransportCore {
         addr: &Bound<'_, PyAny>,
     ) -> PyResult<Outcome<()>> {
         let py = slf.py();
-        let (connected, inet4, known) =
-            Self::with(slf, |s| (s.connected, s.inet4, s.peers.address(addr)))?;
+        let (connected, family, known) =
+            Self::with(slf, |s| (s.connected, s.family, s.peers.address(addr)))?;
         let fd = slf.get().fd;
-        let to = match known {
-            Some(to) => Some(to),
-            None if inet4 && !connected => numeric_v4(addr),
-            None => None,
-        };
-        let native = if connected {
-            buffers::with_readable(data, |bytes| sys::send(fd, bytes)).ok()
-        } else if let Some(to) = to.filter(|_| inet4) {
-            buffers::with_readable(data, |bytes| sys::sendto_v4(fd, bytes, to)).ok()
-        } else {
-            None
+        let native = match family {
+            _ if connected => buffers::with_readable(data, |bytes| sys::send(fd, bytes)).ok(),
+            Family::Inet4 => match known.or_else(|| numeric_v4(addr)) {
+                Some(to) => buffers::with_readable(data, |b| sys::sendto_v4(fd, b, to)).ok(),
+                None => None,
+            },
+            Family::Unix => match unix_path(addr) {
+                Some(path) => buffers::with_readable(data, |b| sys::sendto_unix(fd, b, &path))
+                    .ok()
+                    .flatten(),
+                None => None,
+            },
+            Family::Other => None,
         };
         if let Some(sent) = native {
             return Ok(match sent {
@@ -209,6 +233,41 @@ impl DatagramTransportCore {
             sock.call_method1(intern!(py, "sendto"), (data, addr))
         };
         Ok(classify(py, result.map(drop)))
+    }
+
+    /// One `recvfrom` on a Unix datagram socket: the data and the sender's address as CPython's
+    /// `makesockaddr` gives it (`None` without one, `bytes` for an abstract name, else the path
+    /// decoded with the file-system encoding).
+    fn recv_unix<'py>(slf: Slf<'_, 'py>) -> PyResult<Outcome<(Bound<'py, PyBytes>, Py<PyAny>)>> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let received = super::with_read_buffer(py, |buf| {
+            sys::recvfrom_unix(fd, buf).map(|(n, from)| (PyBytes::new(py, &buf[..n]), from))
+        })?;
+        let (data, from) = match received {
+            Ok(pair) => pair,
+            Err(err) if transports::is_retry(&err) => return Ok(Outcome::Retry),
+            Err(err) => return Ok(Outcome::OsError(os_error(err))),
+        };
+        let len = from.path_len();
+        let addr = if from.len == 0 {
+            py.None()
+        } else if len > 0 && from.path[0] == 0 {
+            PyBytes::new(py, &from.path[..len.min(from.path.len())])
+                .into_any()
+                .unbind()
+        } else {
+            let end = from
+                .path
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(from.path.len());
+            OsStr::from_bytes(&from.path[..end])
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()
+        };
+        Ok(Outcome::Done((data, addr)))
     }
 
     /// One `recvfrom` on an IPv4 socket: the data and the sender's `(host, port)`.
@@ -281,7 +340,11 @@ common::transport_pymethods!(DatagramTransportCore {
                 connected,
                 buffer: VecDeque::new(),
                 buffer_size: 0,
-                inet4: family == sys::AF_INET,
+                family: match family {
+                    sys::AF_INET => Family::Inet4,
+                    sys::AF_UNIX => Family::Unix,
+                    _ => Family::Other,
+                },
                 peers: PeerCache::default(),
             }),
         })
@@ -304,11 +367,13 @@ common::transport_pymethods!(DatagramTransportCore {
         let Some(sock) = sock.filter(|_| !lost) else {
             return Ok(());
         };
-        let received = if Self::with(slf, |s| s.inet4)? {
-            Self::recv_v4(slf)?
-        } else {
-            let pair = sock.call_method1(py, intern!(py, "recvfrom"), (MAX_SIZE,));
-            classify(py, pair.and_then(|p| p.into_bound(py).extract()))
+        let received = match Self::with(slf, |s| s.family)? {
+            Family::Inet4 => Self::recv_v4(slf)?,
+            Family::Unix => Self::recv_unix(slf)?,
+            Family::Other => {
+                let pair = sock.call_method1(py, intern!(py, "recvfrom"), (MAX_SIZE,));
+                classify(py, pair.and_then(|p| p.into_bound(py).extract()))
+            }
         };
         match received {
             Outcome::Retry => Ok(()),

@@ -122,6 +122,9 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 /// `AF_INET`, the family of IPv4 sockets.
 pub const AF_INET: i32 = libc::AF_INET;
 
+/// `AF_UNIX`, the family of Unix sockets.
+pub const AF_UNIX: i32 = libc::AF_UNIX;
+
 /// `EBADF`, for errors the binding reports as the kernel would.
 pub const EBADF: i32 = libc::EBADF;
 
@@ -193,6 +196,83 @@ pub fn sendto_v4(fd: RawFd, buf: &[u8], to: SocketAddrV4) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// A Unix socket address as `recvfrom` gave it: the length the kernel reported and `sun_path`
+/// (zero-filled past what the kernel wrote, as CPython reads it).
+pub struct UnixPeer {
+    /// The `addrlen` the kernel reported, `sun_family` included.
+    pub len: usize,
+    /// The whole `sun_path` buffer.
+    pub path: [u8; 108],
+}
+
+impl UnixPeer {
+    /// Bytes of `sun_path` the kernel filled in (`addrlen - offsetof(sun_path)`).
+    pub fn path_len(&self) -> usize {
+        self.len
+            .saturating_sub(std::mem::size_of::<libc::sa_family_t>())
+    }
+}
+
+/// `recvfrom(fd, buf, 0)` on a Unix datagram socket: the byte count and the sender.
+pub fn recvfrom_unix(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, UnixPeer)> {
+    // SAFETY: an all-zero `sockaddr_un` is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // `buf` is a live, writable slice; `addr` and `len` are live locals, `len` holding the size
+    // of `addr`, which the kernel fills and does not overrun.
+    let n = syscall!(recvfrom(
+        fd,
+        buf.as_mut_ptr().cast(),
+        buf.len(),
+        0,
+        (&mut addr as *mut libc::sockaddr_un).cast(),
+        &mut len
+    ))?;
+    let mut path = [0u8; 108];
+    for (dst, src) in path.iter_mut().zip(addr.sun_path.iter()) {
+        *dst = *src as u8;
+    }
+    let peer = UnixPeer {
+        len: len as usize,
+        path,
+    };
+    Ok((n as usize, peer))
+}
+
+/// `sendto(fd, buf, 0, path)` on a Unix datagram socket, with `sun_path` and the address length
+/// as CPython computes them: an abstract name (leading NUL) counts exactly its bytes, a file
+/// path gets a terminating NUL. `None` when `path` does not fit (the caller reports it).
+pub fn sendto_unix(fd: RawFd, buf: &[u8], path: &[u8]) -> Option<io::Result<usize>> {
+    // SAFETY: an all-zero `sockaddr_un` is a valid value; the fields are set below.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let abstract_name = path.first().is_none_or(|b| *b == 0);
+    let fits = if abstract_name {
+        path.len() <= addr.sun_path.len()
+    } else {
+        path.len() < addr.sun_path.len()
+    };
+    if !fits {
+        return None;
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = *src as libc::c_char;
+    }
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    let len = base + path.len() + usize::from(!abstract_name);
+    // `buf` is a live, readable slice; `addr` is a live, initialised `sockaddr_un` and `len`
+    // does not exceed its size.
+    let sent = syscall!(sendto(
+        fd,
+        buf.as_ptr().cast(),
+        buf.len(),
+        0,
+        (&addr as *const libc::sockaddr_un).cast(),
+        len as libc::socklen_t
+    ));
+    Some(sent.map(|n| n as usize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +309,32 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, from) = recvfrom_v4(b.as_raw_fd(), &mut buf).unwrap();
         assert_eq!((&buf[..n], from), (&b"hi"[..], Some(a_addr)));
+    }
+
+    #[test]
+    fn unix_datagrams_carry_their_paths() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixDatagram;
+        let dir = std::env::temp_dir().join(format!("ferroloop-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pa, pb) = (dir.join("a"), dir.join("b"));
+        let _ = (std::fs::remove_file(&pa), std::fs::remove_file(&pb));
+        let a = UnixDatagram::bind(&pa).unwrap();
+        let b = UnixDatagram::bind(&pb).unwrap();
+        let pb_bytes = pb.as_os_str().as_encoded_bytes();
+        assert_eq!(
+            sendto_unix(a.as_raw_fd(), b"hi", pb_bytes)
+                .unwrap()
+                .unwrap(),
+            2
+        );
+        let mut buf = [0u8; 16];
+        let (n, peer) = recvfrom_unix(b.as_raw_fd(), &mut buf).unwrap();
+        let pa_bytes = pa.as_os_str().as_encoded_bytes();
+        assert_eq!(&buf[..n], b"hi");
+        assert_eq!(&peer.path[..pa_bytes.len()], pa_bytes);
+        assert!(sendto_unix(a.as_raw_fd(), b"x", &[b'p'; 200]).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
