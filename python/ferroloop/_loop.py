@@ -20,7 +20,7 @@ import weakref
 from asyncio import coroutines, events, unix_events
 from asyncio.log import logger
 
-from . import _ferroloop
+from . import _ferroloop, _subprocess
 from ._transports import DatagramTransport, SocketTransport
 
 __all__ = ["Loop"]
@@ -80,6 +80,8 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         self._transports = weakref.WeakValueDictionary()
         # `_UnixSelectorEventLoop.__init__`'s.
         self._signal_handlers = {}
+        # Children watched by pidfd (`_subprocess`): pidfd -> (pid, transport).
+        self._pidfd_children = {}
         self.set_debug(coroutines._is_debug_mode())
 
     def run_forever(self) -> None:
@@ -112,6 +114,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         if self._closed:
             return
         self._close_self_pipe()
+        _subprocess.close(self)
         if self._debug:
             logger.debug("Close %r", self)
         self._close_core()
@@ -183,6 +186,33 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         if result is NotImplemented:
             return await super().sock_sendall(sock, data)
         return await result
+
+    async def _make_subprocess_transport(
+        self, protocol, args, shell, stdin, stdout, stderr, bufsize, extra=None, **kwargs
+    ):
+        """asyncio's, with the child watched by a pidfd on the loop's poller (`_subprocess`);
+        asyncio's child watcher where pidfds are missing or the user installed a watcher."""
+        if not _subprocess.uses_pidfd():
+            return await super()._make_subprocess_transport(
+                protocol, args, shell, stdin, stdout, stderr, bufsize, extra=extra, **kwargs
+            )
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs,
+        )  # fmt: skip
+        if not _subprocess.start(self, transp):
+            with events.get_child_watcher() as watcher:
+                watcher.add_child_handler(transp.get_pid(), self._child_watcher_callback, transp)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         """The transport of a datagram socket: native data path (`DatagramTransport`)."""
