@@ -279,6 +279,53 @@ def timeout_blocks(loop, n, meter, yield_every=100):
 
 # name -> (function, default n, unit).  Unit "ops/CPU-s" is higher-is-better;
 # "CPU-ms/s" (idle CPU-milliseconds per wall second) is lower-is-better.
+def spawn_wait(loop, n, meter, batch=50):
+    """``create_subprocess_exec('true')`` and ``wait()``: n processes, ``batch`` at a time.
+    CPU is the loop process's (all its threads: a child watcher's count), not the children's."""
+
+    async def main():
+        done = 0
+        while done < n:
+            k = min(batch, n - done)
+            procs = [await asyncio.create_subprocess_exec("true") for _ in range(k)]
+            codes = [await p.wait() for p in procs]
+            assert codes == [0] * k, codes
+            done += k
+        return done
+
+    with meter:
+        return _run(loop, main())
+
+
+def pipe_cat(loop, n, meter, chunk=256 * 1024):
+    """n MiB written to ``cat`` through a pipe and read back through another; ops = MiB."""
+    data = bytes(range(256)) * (chunk // 256)
+    pipe = asyncio.subprocess.PIPE
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec("cat", stdin=pipe, stdout=pipe)
+
+        async def feed():
+            for _ in range(n * (1024 * 1024 // chunk)):
+                proc.stdin.write(data)
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+        async def read_back():
+            total = 0
+            while block := await proc.stdout.read(1 << 20):
+                total += len(block)
+            return total
+
+        _, total = await asyncio.gather(feed(), read_back())
+        assert await proc.wait() == 0
+        assert total == n * 1024 * 1024, total
+        return n
+
+    with meter:
+        return _run(loop, main())
+
+
 SCENARIOS = {
     "call_soon_chain": (call_soon_chain, 150_000, "ops/CPU-s"),
     "call_soon_batch": (call_soon_batch, 300_000, "ops/CPU-s"),
@@ -291,4 +338,6 @@ SCENARIOS = {
     "idle_timers": (idle_timers, 10_000, "CPU-ms/s"),
     "run_in_executor": (run_in_executor, 6_000, "ops/CPU-s"),
     "timeout_blocks": (timeout_blocks, 60_000, "ops/CPU-s"),
+    "spawn_wait": (spawn_wait, 500, "procs/CPU-s"),
+    "pipe_cat": (pipe_cat, 256, "MiB/CPU-s"),
 }

@@ -40,6 +40,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     );
     m.add_class::<transports::socket::SocketTransportCore>()?;
     m.add_class::<transports::datagram::DatagramTransportCore>()?;
+    m.add_function(wrap_pyfunction!(transports::pipe::read_pipe, m)?)?;
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
     m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;
     Ok(())

@@ -13,11 +13,15 @@ __all__ = [
     "SocketTransportCore",
     "TimerHandle",
     "live_handles",
+    "read_pipe",
     "loops_created",
 ]
 
 def live_handles() -> int:
     """Number of Handle/TimerHandle objects alive in this process."""
+
+def read_pipe(fd: int, n: int) -> bytes:
+    """os.read(fd, n) through the shared receive buffer."""
 
 def loops_created() -> int:
     """How many ferroloop loops this process has created."""

@@ -21,7 +21,7 @@ from asyncio import coroutines, events, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop, _subprocess
-from ._transports import DatagramTransport, SocketTransport
+from ._transports import DatagramTransport, ReadPipeTransport, SocketTransport
 
 __all__ = ["Loop"]
 
@@ -213,6 +213,10 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             await transp._wait()
             raise
         return transp
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        """asyncio's read-pipe transport with native reads (`ReadPipeTransport`)."""
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         """The transport of a datagram socket: native data path (`DatagramTransport`)."""

@@ -7,6 +7,7 @@
 
 pub mod common;
 pub mod datagram;
+pub mod pipe;
 pub mod socket;
 
 use crate::gil_cell::GilCell;

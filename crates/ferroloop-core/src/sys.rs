@@ -112,6 +112,13 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `read(fd, buf)`: for pipes and other non-sockets; 0 means EOF.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // `buf` is a live, writable slice of `buf.len()` bytes; the kernel validates `fd`.
+    let n = syscall!(read(fd, buf.as_mut_ptr().cast(), buf.len()))?;
+    Ok(n as usize)
+}
+
 /// `send(fd, buf, MSG_NOSIGNAL)`: a peer that went away gives `EPIPE`, never `SIGPIPE`.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // `buf` is a live, readable slice of `buf.len()` bytes; the kernel validates `fd`.
