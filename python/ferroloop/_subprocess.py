@@ -44,11 +44,16 @@ def start(loop, transport) -> bool:
     return True
 
 
-def _reap(pid: int) -> int:
+def _reap(pid: int, transport=None) -> int:
     """`waitpid` the exited child; its return code as asyncio reports it."""
     try:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
+        # `Popen.poll()` (which `send_signal()`, `kill()` and `close()` call first) may have
+        # reaped it already, and kept its status.
+        popen = getattr(transport, "_proc", None)
+        if popen is not None and popen.returncode is not None:
+            return popen.returncode
         # Someone else reaped it (e.g. another waitpid(-1) in the process).
         logger.warning(
             "child process pid %d exit status already read:  will report returncode 255", pid
@@ -61,7 +66,7 @@ def _exited(loop, pidfd: int) -> None:
     pid, transport = loop._pidfd_children.pop(pidfd)
     loop._remove_reader(pidfd)
     os.close(pidfd)
-    returncode = _reap(pid)
+    returncode = _reap(pid, transport)
     if loop.get_debug():
         logger.debug("process %s exited with returncode %s", pid, returncode)
     # Skip one iteration so that the pipes' callbacks run first, as asyncio's watcher does.
