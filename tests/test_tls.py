@@ -1,0 +1,1275 @@
+"""TLS (asyncio's ``sslproto`` over the loop's stream transport) and ``loop.sendfile``.
+
+ferroloop runs asyncio's own ``sslproto.SSLProtocol`` on top of its native socket transport, and
+``loop.sendfile`` is asyncio's code (``_sendfile_native`` through ``sock_sendfile``, and
+``_sendfile_fallback``) over that transport; every test also runs on stdlib asyncio, the oracle.
+
+The certificates are made when the module's tests first need them: a CA and a server certificate
+for ``localhost`` signed by it, plus a second CA that signed nothing the server presents. They are
+generated with the ``cryptography`` package when it is importable, else with the ``openssl``
+command; only when neither is available do the tests fall back to CPython's test certificates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import io
+import os
+import random
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+import pytest
+from conftest import run_coro
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def _payload(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _sha(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def until(predicate, what: str = "condition", timeout: float = 5.0) -> None:
+    """Poll ``predicate`` while the loop runs; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+async def closed_server(server) -> None:
+    """Close ``server`` once each of its connections is gone (no transport left behind)."""
+    await until(lambda: server._active_count == 0, "the server's transports to close")
+    server.close()
+    await server.wait_closed()
+
+
+def expect_incoming_failure(loop, exc_handler, exc_type) -> None:
+    """A failed TLS handshake of an accepted connection reaches the exception handler only in
+    debug mode (``_accept_connection2``), as 'Error on transport creation ...'."""
+    if loop.get_debug():
+        (ctx,) = exc_handler.consume(1)
+        assert ctx["message"] == "Error on transport creation for incoming connection"
+        assert isinstance(ctx["exception"], exc_type)
+    else:
+        exc_handler.consume(0)
+
+
+# --------------------------------------------------------------------------- certificates
+
+
+@dataclass(frozen=True)
+class Certs:
+    ca: str  # the CA that signed the server certificate
+    cert: str  # the server certificate, for 'localhost'
+    key: str  # the server certificate's private key
+    other_ca: str  # a CA that signed nothing the server presents
+    source: str  # how they were made
+
+    def server_ctx(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def client_ctx(self, cafile: str | None = None) -> ssl.SSLContext:
+        # PROTOCOL_TLS_CLIENT: CERT_REQUIRED and check_hostname, i.e. verification on.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cafile or self.ca)
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        return ctx
+
+
+CA_CN = "ferroloop test CA"
+OTHER_CA_CN = "ferroloop untrusted CA"
+
+
+def _certs_with_cryptography(d: str) -> Certs:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn):
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ferroloop tests"),
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            ]
+        )
+
+    def usage(**flags):
+        names = (
+            "digital_signature content_commitment key_encipherment data_encipherment "
+            "key_agreement key_cert_sign crl_sign encipher_only decipher_only"
+        ).split()
+        return x509.KeyUsage(**{n: flags.get(n, False) for n in names})
+
+    def builder(subject, issuer, public_key):
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        )
+
+    def write(path, cert):
+        with open(path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+    def make_ca(cn, path):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            builder(name(cn), name(cn), key.public_key())
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        write(path, cert)
+        return key, cert
+
+    ca_key, ca_cert = make_ca(CA_CN, os.path.join(d, "ca.pem"))
+    make_ca(OTHER_CA_CN, os.path.join(d, "other-ca.pem"))
+    key = ec.generate_private_key(ec.SECP256R1())
+    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        builder(name("localhost"), ca_cert.subject, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    write(os.path.join(d, "server.pem"), cert)
+    with open(os.path.join(d, "server.key"), "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return Certs(
+        ca=os.path.join(d, "ca.pem"),
+        cert=os.path.join(d, "server.pem"),
+        key=os.path.join(d, "server.key"),
+        other_ca=os.path.join(d, "other-ca.pem"),
+        source="cryptography",
+    )
+
+
+def _certs_with_openssl(d: str) -> Certs:
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=30)
+
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for cn, stem in [(CA_CN, "ca"), (OTHER_CA_CN, "other-ca")]:
+        openssl(
+            *["req", "-x509", *newkey, "-keyout", f"{stem}.key", "-out", f"{stem}.pem"],
+            *["-days", "30", "-subj", f"/O=ferroloop tests/CN={cn}"],
+            *["-addext", "basicConstraints=critical,CA:TRUE,pathlen:0"],
+            *["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        )
+    openssl(
+        *["req", *newkey, "-keyout", "server.key", "-out", "server.csr"],
+        *["-subj", "/O=ferroloop tests/CN=localhost"],
+    )
+    with open(os.path.join(d, "server.ext"), "w") as f:
+        f.write(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "extendedKeyUsage=serverAuth\n"
+            "subjectAltName=DNS:localhost\n"
+            "subjectKeyIdentifier=hash\n"
+            "authorityKeyIdentifier=keyid\n"
+        )
+    openssl(
+        *["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key"],
+        *["-set_serial", str(random.getrandbits(63)), "-days", "30"],
+        *["-extfile", "server.ext", "-out", "server.pem"],
+    )
+    return Certs(
+        ca=os.path.join(d, "ca.pem"),
+        cert=os.path.join(d, "server.pem"),
+        key=os.path.join(d, "server.key"),
+        other_ca=os.path.join(d, "other-ca.pem"),
+        source="openssl",
+    )
+
+
+def _cpython_certs() -> Certs:
+    import test
+
+    certdata = os.path.join(os.path.dirname(test.__file__), "certdata")
+    if not os.path.exists(os.path.join(certdata, "keycert3.pem")):
+        pytest.skip("no way to make certificates: no cryptography, no openssl, no certdata")
+    # keycert3.pem: key and certificate for 'localhost', signed by pycacert.pem.
+    return Certs(
+        ca=os.path.join(certdata, "pycacert.pem"),
+        cert=os.path.join(certdata, "keycert3.pem"),
+        key=os.path.join(certdata, "keycert3.pem"),
+        other_ca=os.path.join(certdata, "selfsigned_pythontestdotnet.pem"),
+        source="cpython",
+    )
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Certs:
+    d = str(tmp_path_factory.mktemp("certs"))
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        if shutil.which("openssl") is None:
+            return _cpython_certs()
+        return _certs_with_openssl(d)
+    return _certs_with_cryptography(d)
+
+
+@pytest.mark.parametrize("how", ["cryptography", "openssl"])
+def test_generated_certificates_verify(tmp_path, how):
+    """Both generators make a chain that ``ssl`` verifies for 'localhost' (no loop involved)."""
+    if how == "cryptography":
+        pytest.importorskip("cryptography")
+        c = _certs_with_cryptography(str(tmp_path))
+    else:
+        if shutil.which("openssl") is None:
+            pytest.skip("no openssl command")
+        c = _certs_with_openssl(str(tmp_path))
+    client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = c.client_ctx().wrap_bio(client_in, client_out, server_hostname="localhost")
+    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = c.server_ctx().wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for side, obj in (("client", client), ("server", server)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(client_out.read())
+        client_in.write(s_out.read())
+    assert done == {"client": True, "server": True}
+    assert dict(x[0] for x in client.getpeercert()["subject"])["commonName"] == "localhost"
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+class Collector(asyncio.Protocol):
+    """Records the callbacks (consecutive data_received calls as one "data") and the bytes."""
+
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.transport = None
+        self.data = bytearray()
+        self.events: list[str] = []
+        self.eof = loop.create_future()
+        self.lost = loop.create_future()
+        self._want = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data):
+        self.data += data
+        if not self.events or self.events[-1] != "data":
+            self.events.append("data")
+        self._check()
+
+    def eof_received(self):
+        self.events.append("eof")
+        self.eof.set_result(None)
+        self._check()
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost.set_result(exc)
+        self._check()
+
+    def _check(self):
+        if self._want is not None:
+            n, fut = self._want
+            if len(self.data) >= n or self.eof.done() or self.lost.done():
+                self._want = None
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def received(self, n: int) -> bytes:
+        """Wait until ``n`` bytes have arrived in all; returns the first ``n``."""
+        if len(self.data) < n:
+            fut = asyncio.get_running_loop().create_future()
+            self._want = (n, fut)
+            self._check()
+            await fut
+        assert len(self.data) >= n, f"connection ended after {len(self.data)} of {n} bytes"
+        return bytes(self.data[:n])
+
+
+class Echo(asyncio.Protocol):
+    def __init__(self, made=None):
+        self.made = made
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.made is not None:
+            self.made.append(self)
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class Sink(asyncio.Protocol):
+    """Hashes what it receives; ``done`` resolves at EOF (or connection loss) with the digest."""
+
+    def __init__(self):
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.hash.update(data)
+        self.count += len(data)
+
+    def eof_received(self):
+        if not self.done.done():
+            self.done.set_result((self.count, self.hash.hexdigest()))
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result((self.count, self.hash.hexdigest()))
+
+
+def _subject(cert: dict) -> dict:
+    return {k: v for rdn in cert["subject"] for k, v in rdn}
+
+
+def _issuer(cert: dict) -> dict:
+    return {k: v for rdn in cert["issuer"] for k, v in rdn}
+
+
+async def _echo_server(loop, ctx, made=None, **kwargs):
+    server = await loop.create_server(lambda: Echo(made), "127.0.0.1", 0, ssl=ctx, **kwargs)
+    return server, server.sockets[0].getsockname()[:2]
+
+
+# --------------------------------------------------------------------------- 2. client / server
+
+
+@pytest.mark.parametrize("size", [1 * KiB, 4 * MiB], ids=["1KiB", "4MiB"])
+def test_tls_echo_verified(loop, certs, size):
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    payload = _payload(size, seed=size)
+
+    async def main():
+        server, addr = await _echo_server(loop, server_ctx)
+        try:
+            transport, proto = await loop.create_connection(
+                Collector, *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            transport.write(payload)
+            echoed = await proto.received(size)
+            assert len(proto.data) == size
+            assert _sha(echoed) == _sha(payload)
+            transport.close()
+            assert await proto.lost is None
+            assert proto.events == ["made", "data", "eof", "lost"]
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def test_tls_extra_info(loop, certs):
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+
+    async def main():
+        made = []
+        server, addr = await _echo_server(loop, server_ctx, made)
+        try:
+            transport, proto = await loop.create_connection(
+                Collector, *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            await until(lambda: made, "the server's connection_made")
+            server_tr = made[0].transport
+
+            sslobj = transport.get_extra_info("ssl_object")
+            assert isinstance(sslobj, ssl.SSLObject)
+            assert sslobj.server_side is False
+            assert sslobj.server_hostname == "localhost"
+            assert sslobj.context is client_ctx
+            assert transport.get_extra_info("sslcontext") is client_ctx
+
+            peercert = transport.get_extra_info("peercert")
+            assert peercert == sslobj.getpeercert()
+            assert _subject(peercert)["commonName"] == "localhost"
+            assert _issuer(peercert)["commonName"] == _subject_of_ca(certs)
+            assert ("DNS", "localhost") in peercert["subjectAltName"]
+
+            cipher = transport.get_extra_info("cipher")
+            assert cipher == sslobj.cipher()
+            name, version, bits = cipher
+            assert isinstance(name, str) and version.startswith("TLSv1.") and bits >= 128
+            assert transport.get_extra_info("compression") is None
+            assert transport.get_extra_info("compression") == sslobj.compression()
+
+            # The TCP transport's entries show through.
+            assert transport.get_extra_info("peername") == addr
+            assert transport.get_extra_info("sockname") == server_tr.get_extra_info("peername")
+            sock = transport.get_extra_info("socket")
+            assert sock.getpeername() == addr
+            assert transport.get_extra_info("no such entry", "dflt") == "dflt"
+
+            # The server's side: no client certificate was asked for.
+            server_obj = server_tr.get_extra_info("ssl_object")
+            assert isinstance(server_obj, ssl.SSLObject) and server_obj.server_side is True
+            assert server_tr.get_extra_info("sslcontext") is server_ctx
+            assert server_tr.get_extra_info("peercert") is None
+            assert server_tr.get_extra_info("cipher") == cipher
+            assert server_tr.get_extra_info("compression") is None
+
+            # A TLS transport cannot half-close.
+            assert transport.can_write_eof() is False
+            transport.close()
+            assert await proto.lost is None
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def _subject_of_ca(certs: Certs) -> str:
+    return _subject(ssl._ssl._test_decode_cert(certs.ca))["commonName"]
+
+
+def test_tls_write_flow_control(loop, certs):
+    """A TLS transport pauses and resumes its protocol's writing as its peer stops and resumes
+    reading (sslproto over the loop's transport flow control, both ways)."""
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    payload = _payload(8 * MiB, seed=21)
+    chunk = 64 * KiB
+
+    async def main():
+        servers = []
+
+        class PausedServer(Collector):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                transport.pause_reading()
+                servers.append(self)
+
+        class Writer(Collector):
+            def __init__(self):
+                super().__init__()
+                self.flow = []
+                self.writable = asyncio.Event()
+                self.writable.set()
+
+            def pause_writing(self):
+                self.flow.append("pause")
+                self.writable.clear()
+
+            def resume_writing(self):
+                self.flow.append("resume")
+                self.writable.set()
+
+        server = await loop.create_server(PausedServer, "127.0.0.1", 0, ssl=server_ctx)
+        addr = server.sockets[0].getsockname()[:2]
+        try:
+            transport, proto = await loop.create_connection(
+                Writer, *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            await until(lambda: servers, "the server's connection_made")
+            (peer,) = servers
+            pos = 0
+            while proto.writable.is_set() and pos < len(payload):
+                transport.write(payload[pos : pos + chunk])
+                pos += chunk
+            # The peer does not read: the writer is paused long before the end.
+            assert proto.flow == ["pause"] and pos < len(payload)
+            assert transport.get_write_buffer_size() >= transport.get_write_buffer_limits()[1]
+            await asyncio.sleep(0.05)
+            assert proto.flow == ["pause"] and not peer.transport.is_reading()
+            peer.transport.resume_reading()
+            while pos < len(payload):
+                await proto.writable.wait()
+                transport.write(payload[pos : pos + chunk])
+                pos += chunk
+            got = await peer.received(len(payload))
+            assert _sha(got) == _sha(payload)
+            await until(lambda: proto.flow[-1] == "resume", "the writer to be resumed")
+            assert proto.flow == ["pause", "resume"] * (len(proto.flow) // 2)
+            assert transport.get_write_buffer_size() == 0
+            transport.close()
+            assert await proto.lost is None
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 3. verification
+
+
+@pytest.mark.parametrize("case", ["hostname", "untrusted-ca"])
+def test_tls_verification_failure(loop, exc_handler, certs, case):
+    server_ctx = certs.server_ctx()
+    if case == "hostname":
+        client_ctx, hostname = certs.client_ctx(), "wrong.example"
+    else:
+        client_ctx, hostname = certs.client_ctx(certs.other_ca), "localhost"
+
+    async def main():
+        made = []
+        server, addr = await _echo_server(loop, server_ctx, made)
+        try:
+            before = _fd_count()
+            with pytest.raises(ssl.SSLCertVerificationError) as info:
+                await loop.create_connection(
+                    Collector, *addr, ssl=client_ctx, server_hostname=hostname
+                )
+            if case == "hostname":
+                assert "Hostname mismatch" in info.value.verify_message
+                assert "wrong.example" in info.value.verify_message
+            else:
+                assert info.value.verify_message == "unable to get local issuer certificate"
+            assert info.value.reason == "CERTIFICATE_VERIFY_FAILED"
+            # The server's half of the failed handshake is closed too, and no fd is left.
+            await until(lambda: server._active_count == 0, "the server's transport to close")
+            assert made == []  # the application protocol never got a connection
+            assert _fd_count() <= before
+            # The client's alert (or its reset) ends the server's handshake.
+            expect_incoming_failure(loop, exc_handler, (ssl.SSLError, ConnectionError))
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 4. handshake timeout
+
+
+def test_tls_client_handshake_timeout(loop, certs):
+    client_ctx = certs.client_ctx()
+
+    async def main():
+        # A plain TCP listener that never accepts nor answers (the kernel completes the
+        # connection; the ClientHello is never answered).
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            made = []
+            start = time.monotonic()
+            with pytest.raises(ConnectionAbortedError) as info:
+                await loop.create_connection(
+                    lambda: made.append(1) or asyncio.Protocol(),
+                    *lsock.getsockname(),
+                    ssl=client_ctx,
+                    server_hostname="localhost",
+                    ssl_handshake_timeout=0.3,
+                )
+            elapsed = time.monotonic() - start
+            assert 0.25 <= elapsed < 1.0, elapsed
+            assert "SSL handshake is taking longer than 0.3 seconds" in str(info.value)
+            # The protocol was made but its connection_made was never called (nothing to see).
+            assert made == [1]
+
+    run_coro(loop, main())
+
+
+def test_tls_server_handshake_timeout(loop, exc_handler, certs):
+    server_ctx = certs.server_ctx()
+
+    async def main():
+        made = []
+        server, addr = await _echo_server(loop, server_ctx, made, ssl_handshake_timeout=0.3)
+        try:
+            before = _fd_count()
+            client = socket.create_connection(addr)  # never sends a ClientHello
+            client.setblocking(False)
+            await until(lambda: server._active_count == 1, "the server to accept")
+            start = time.monotonic()
+            # The server gives up and closes its transport: the client sees EOF.
+            data = await asyncio.wait_for(loop.sock_recv(client, 100), 2.0)
+            elapsed = time.monotonic() - start
+            assert data == b""
+            assert elapsed < 1.0, elapsed
+            await until(lambda: server._active_count == 0, "the server's transport to close")
+            assert made == []
+            client.close()
+            assert _fd_count() == before
+            expect_incoming_failure(loop, exc_handler, ConnectionAbortedError)
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 5. start_tls
+
+
+def test_start_tls_upgrade_both_sides(loop, certs):
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    big_up, big_down = _payload(300 * KiB, seed=51), _payload(200 * KiB, seed=52)
+
+    async def main():
+        upgrade = loop.create_future()
+
+        class PlainServer(Collector):
+            def data_received(self, data):
+                super().data_received(data)
+                if self.data.endswith(b"STARTTLS\n") and not upgrade.done():
+                    # Stop reading before the ClientHello can arrive as plain data.
+                    self.transport.pause_reading()
+                    self.transport.write(b"GO\n")
+                    upgrade.set_result(self)
+
+        server = await loop.create_server(PlainServer, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()[:2]
+        try:
+            plain_tr, plain_client = await loop.create_connection(Collector, *addr)
+            plain_tr.write(b"hello in clear\nSTARTTLS\n")
+            plain_server = await upgrade
+            assert bytes(plain_server.data) == b"hello in clear\nSTARTTLS\n"
+
+            server_proto = Collector()
+            server_task = asyncio.create_task(
+                loop.start_tls(
+                    plain_server.transport,
+                    server_proto,
+                    server_ctx,
+                    server_side=True,
+                    ssl_handshake_timeout=5.0,
+                    ssl_shutdown_timeout=5.0,
+                )
+            )
+            assert await plain_client.received(3) == b"GO\n"
+            client_proto = Collector()
+            client_tr = await loop.start_tls(
+                plain_tr, client_proto, client_ctx, server_hostname="localhost"
+            )
+            client_tr.write(b"first over TLS")  # written right after the upgrade
+            server_tr = await server_task
+            server_tr.write(b"welcome")  # likewise on the server's side
+
+            assert await server_proto.received(14) == b"first over TLS"
+            assert await client_proto.received(7) == b"welcome"
+            assert client_tr.get_extra_info("ssl_object").server_side is False
+            assert _subject(client_tr.get_extra_info("peercert"))["commonName"] == "localhost"
+            assert server_tr.get_extra_info("ssl_object").server_side is True
+
+            client_tr.write(big_up)
+            server_tr.write(big_down)
+            assert _sha(await server_proto.received(14 + len(big_up))) == _sha(
+                b"first over TLS" + big_up
+            )
+            assert _sha(await client_proto.received(7 + len(big_down))) == _sha(
+                b"welcome" + big_down
+            )
+
+            # Nothing of the TLS traffic reached the plain protocols.
+            assert bytes(plain_server.data) == b"hello in clear\nSTARTTLS\n"
+            assert bytes(plain_client.data) == b"GO\n"
+            # start_tls does not call connection_made of the new protocols.
+            client_tr.close()
+            assert await client_proto.lost is None
+            assert await server_proto.lost is None
+            assert client_proto.events == ["data", "eof", "lost"]
+            assert server_proto.events == ["data", "eof", "lost"]
+            assert plain_client.events == ["made", "data"]
+            assert plain_server.events == ["made", "data"]
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 6. shutdown
+
+
+def test_tls_close_with_data_in_flight(loop, certs):
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    payload = _payload(2 * MiB, seed=6)
+
+    async def main():
+        servers_protos = []
+
+        class WriteAndClose(Collector):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                servers_protos.append(self)
+                transport.write(payload)
+                transport.close()  # at once: the data is still in flight
+                assert transport.is_closing()
+
+        server = await loop.create_server(
+            WriteAndClose, "127.0.0.1", 0, ssl=server_ctx, ssl_shutdown_timeout=5.0
+        )
+        addr = server.sockets[0].getsockname()[:2]
+        try:
+            transport, proto = await loop.create_connection(
+                Collector,
+                *addr,
+                ssl=client_ctx,
+                server_hostname="localhost",
+                ssl_shutdown_timeout=5.0,
+            )
+            assert await proto.lost is None
+            assert len(proto.data) == len(payload)
+            assert _sha(proto.data) == _sha(payload)
+            assert proto.events == ["made", "data", "eof", "lost"]
+            assert transport.is_closing()
+            (server_proto,) = servers_protos
+            assert await server_proto.lost is None
+            assert server_proto.events == ["made", "eof", "lost"]
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+async def _raw_tls_handshake(loop, sock, ctx, server_side):
+    """Do a TLS handshake on a plain non-blocking socket through ``ssl.MemoryBIO``: a TLS peer
+    that does only what the test tells it (here: never answers a close_notify)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    hostname = None if server_side else "localhost"
+    obj = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=hostname)
+    while True:
+        try:
+            obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if outgoing.pending:
+                await loop.sock_sendall(sock, outgoing.read())
+            chunk = await loop.sock_recv(sock, 64 * KiB)
+            if not chunk:
+                raise ConnectionError("EOF during the handshake")
+            incoming.write(chunk)
+    if outgoing.pending:
+        await loop.sock_sendall(sock, outgoing.read())
+    return obj, incoming
+
+
+async def _raw_tls_read_all(loop, sock, obj, incoming) -> bytes:
+    """Everything the peer sent until the socket's EOF; asserts it ended with a close_notify."""
+    while True:
+        chunk = await loop.sock_recv(sock, 64 * KiB)
+        if not chunk:
+            incoming.write_eof()
+            break
+        incoming.write(chunk)
+    data = bytearray()
+    while True:
+        # b"" once the close_notify is read (a missing one raises SSLEOFError instead).
+        piece = obj.read(64 * KiB)
+        if not piece:
+            return bytes(data)
+        data += piece
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_tls_shutdown_timeout_when_peer_never_answers(loop, certs, side):
+    """The side that closes sends its data and a close_notify, waits ``ssl_shutdown_timeout``
+    for the peer's close_notify, then aborts: connection_lost(TimeoutError)."""
+    payload = _payload(100 * KiB, seed=61)
+
+    async def main():
+        lost = loop.create_future()
+
+        class WriteAndClose(asyncio.Protocol):
+            def connection_made(self, transport):
+                if side == "server":
+                    transport.write(payload)
+                    transport.close()
+
+            def connection_lost(self, exc):
+                lost.set_result((exc, time.monotonic()))
+
+        if side == "server":
+            server = await loop.create_server(
+                WriteAndClose, "127.0.0.1", 0, ssl=certs.server_ctx(), ssl_shutdown_timeout=0.3
+            )
+            sock = socket.create_connection(server.sockets[0].getsockname()[:2])
+            sock.setblocking(False)
+            obj, incoming = await _raw_tls_handshake(loop, sock, certs.client_ctx(), False)
+            start = time.monotonic()
+        else:
+            server = None
+            with socket.create_server(("127.0.0.1", 0)) as lsock:
+                lsock.setblocking(False)
+                connecting = asyncio.create_task(
+                    loop.create_connection(
+                        WriteAndClose,
+                        *lsock.getsockname(),
+                        ssl=certs.client_ctx(),
+                        server_hostname="localhost",
+                        ssl_shutdown_timeout=0.3,
+                    )
+                )
+                sock, _ = await loop.sock_accept(lsock)
+            sock.setblocking(False)
+            obj, incoming = await _raw_tls_handshake(loop, sock, certs.server_ctx(), True)
+            transport, _ = await connecting
+            transport.write(payload)
+            transport.close()
+            start = time.monotonic()
+        try:
+            exc, when = await lost
+            assert isinstance(exc, TimeoutError)
+            assert str(exc) == "SSL shutdown timed out"
+            assert 0.25 <= when - start < 1.0, when - start
+            # The peer got all the data, then the close_notify, then the end of the stream.
+            data = await _raw_tls_read_all(loop, sock, obj, incoming)
+            assert _sha(data) == _sha(payload)
+        finally:
+            sock.close()
+            if server is not None:
+                await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def test_ssl_shutdown_timeout_requires_ssl(loop):
+    async def main():
+        with pytest.raises(ValueError, match="ssl_shutdown_timeout is only meaningful with ssl"):
+            await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl_shutdown_timeout=1.0)
+        with pytest.raises(ValueError, match="ssl_shutdown_timeout is only meaningful with ssl"):
+            await loop.create_connection(asyncio.Protocol, "127.0.0.1", 1, ssl_shutdown_timeout=1.0)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 7. Unix sockets
+
+
+def test_tls_over_unix_sockets(loop, certs):
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    payload = _payload(512 * KiB, seed=7)
+
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "tls.sock")
+            made = []
+            server = await loop.create_unix_server(
+                lambda: Echo(made), path, ssl=server_ctx, ssl_handshake_timeout=5.0
+            )
+            try:
+                transport, proto = await loop.create_unix_connection(
+                    Collector, path, ssl=client_ctx, server_hostname="localhost"
+                )
+                peercert = transport.get_extra_info("peercert")
+                assert _subject(peercert)["commonName"] == "localhost"
+                assert transport.get_extra_info("peername") == path
+                transport.write(payload)
+                assert _sha(await proto.received(len(payload))) == _sha(payload)
+                assert made[0].transport.get_extra_info("sockname") == path
+                transport.close()
+                assert await proto.lost is None
+            finally:
+                await closed_server(server)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 8. accepted socket
+
+
+def test_tls_connect_accepted_socket(loop, certs):
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    payload = _payload(100 * KiB, seed=8)
+
+    async def main():
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            lsock.setblocking(False)
+            connecting = asyncio.create_task(
+                loop.create_connection(
+                    Collector, *lsock.getsockname(), ssl=client_ctx, server_hostname="localhost"
+                )
+            )
+            conn, _ = await loop.sock_accept(lsock)
+            server_tr, server_proto = await loop.connect_accepted_socket(
+                Echo, conn, ssl=server_ctx, ssl_handshake_timeout=5.0, ssl_shutdown_timeout=5.0
+            )
+            client_tr, client_proto = await connecting
+            assert server_proto.transport is server_tr
+            assert server_tr.get_extra_info("ssl_object").server_side is True
+            assert server_tr.get_extra_info("sslcontext") is server_ctx
+            assert server_tr.get_extra_info("socket").fileno() == conn.fileno()
+            client_tr.write(payload)
+            assert _sha(await client_proto.received(len(payload))) == _sha(payload)
+            client_tr.close()
+            assert await client_proto.lost is None
+            await until(server_tr.is_closing, "the server's transport to close")
+            await until(lambda: conn.fileno() == -1, "the accepted socket to close")
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 9. streams
+
+
+def test_tls_streams_framed_exchange(loop, certs):
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    messages = [_payload(512 * KiB, seed=91), b"x", b"", _payload(100 * KiB, seed=92)]
+
+    async def main():
+        handled = []
+
+        async def handle(reader, writer):
+            try:
+                assert writer.get_extra_info("ssl_object").server_side is True
+                while True:
+                    n = int.from_bytes(await reader.readexactly(4), "big")
+                    if n == 0xFFFFFFFF:
+                        writer.write(b"bye")  # then close: a short read on the client
+                        await writer.drain()
+                        break
+                    body = await reader.readexactly(n)
+                    writer.write(hashlib.sha256(body).digest())
+                    await writer.drain()
+                handled.append("done")
+            finally:
+                writer.close()
+                await writer.wait_closed()
+
+        server = await asyncio.start_server(
+            handle, "127.0.0.1", 0, ssl=server_ctx, ssl_handshake_timeout=5.0
+        )
+        addr = server.sockets[0].getsockname()[:2]
+        try:
+            reader, writer = await asyncio.open_connection(
+                *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            assert _subject(writer.get_extra_info("peercert"))["commonName"] == "localhost"
+            assert writer.get_extra_info("sslcontext") is client_ctx
+            assert writer.can_write_eof() is False
+            for body in messages:
+                writer.write(len(body).to_bytes(4, "big"))
+                writer.write(body)
+                await writer.drain()
+                assert await reader.readexactly(32) == hashlib.sha256(body).digest()
+            writer.write(b"\xff\xff\xff\xff")
+            await writer.drain()
+            with pytest.raises(asyncio.IncompleteReadError) as info:
+                await reader.readexactly(10)
+            assert info.value.partial == b"bye"
+            assert info.value.expected == 10
+            assert reader.at_eof()
+            assert await reader.read() == b""
+            writer.close()
+            await writer.wait_closed()
+            assert writer.is_closing()
+            assert handled == ["done"]
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- 10. sendfile
+
+BIG = 50 * MiB
+TLS_FILE = 8 * MiB
+
+
+def _write_random_file(path, size: int, seed: int) -> str:
+    rnd = random.Random(seed)
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        for left in range(size, 0, -4 * MiB):
+            chunk = rnd.randbytes(min(4 * MiB, left))
+            h.update(chunk)
+            f.write(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def big_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sendfile") / "big.bin"
+    return path, _write_random_file(path, BIG, seed=10)
+
+
+@pytest.fixture(scope="module")
+def tls_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sendfile") / "tls.bin"
+    return path, _write_random_file(path, TLS_FILE, seed=11)
+
+
+async def _sink_server(loop, ctx=None):
+    sinks = []
+
+    def factory():
+        sinks.append(Sink())
+        return sinks[-1]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=ctx)
+    return server, server.sockets[0].getsockname()[:2], sinks
+
+
+def test_sendfile_50mib_plain_tcp(loop, big_file):
+    path, digest = big_file
+
+    async def main():
+        server, addr, sinks = await _sink_server(loop)
+        try:
+            transport, _ = await loop.create_connection(asyncio.Protocol, *addr)
+            with open(path, "rb") as f:
+                sending = asyncio.create_task(loop.sendfile(transport, f))
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                assert not sending.done()  # 50 MiB take more than one socket buffer
+                with pytest.raises(RuntimeError, match="unable to write; sendfile is in progress"):
+                    transport.write(b"x")
+                sent = await sending
+                assert sent == BIG
+                assert f.tell() == BIG
+            assert not transport.is_closing()
+            transport.write_eof()
+            await until(lambda: sinks, "the server's protocol")
+            assert await sinks[0].done == (BIG, digest)
+            transport.close()
+            with open(path, "rb") as f:
+                with pytest.raises(RuntimeError, match="Transport is closing"):
+                    await loop.sendfile(transport, f)
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main(), timeout=20)
+
+
+def test_sendfile_slice_native_only(loop, big_file):
+    path, _ = big_file
+    offset, count = 12_345, 7 * MiB + 3
+    head = _payload(4 * MiB, seed=12)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        expected = _sha(head + f.read(count) + b"tail")
+
+    async def main():
+        server, addr, sinks = await _sink_server(loop)
+        try:
+            transport, proto = await loop.create_connection(Collector, *addr)
+            # More than the socket takes at once: sendfile first waits for the buffer to drain.
+            transport.write(head)
+            assert transport.get_write_buffer_size() > 0
+            with open(path, "rb") as f:
+                sent = await loop.sendfile(transport, f, offset, count, fallback=False)
+                assert sent == count
+                assert f.tell() == offset + count
+            assert transport.get_write_buffer_size() == 0
+            # Reading was paused during the native sendfile, and is resumed after it.
+            assert transport.is_reading()
+            await until(lambda: sinks, "the server's protocol")
+            sinks[0].transport.write(b"reply")
+            assert await proto.received(5) == b"reply"
+            transport.write(b"tail")  # sent after the file
+            transport.write_eof()
+            assert await sinks[0].done == (len(head) + count + 4, expected)
+            transport.close()
+            assert await proto.lost is None
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def test_sendfile_over_tls_uses_fallback(loop, certs, tls_file):
+    path, digest = tls_file
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+
+    async def main():
+        server, addr, sinks = await _sink_server(loop, server_ctx)
+        try:
+            transport, proto = await loop.create_connection(
+                asyncio.Protocol, *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            with open(path, "rb") as f:
+                sent = await loop.sendfile(transport, f)
+                assert sent == TLS_FILE
+                assert f.tell() == TLS_FILE
+            # The fallback gave the transport its protocol back.
+            assert transport.get_protocol() is proto
+            transport.close()  # flushes, then close_notify: the sink sees EOF after all data
+            await until(lambda: sinks, "the server's protocol")
+            assert await sinks[0].done == (TLS_FILE, digest)
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main(), timeout=20)
+
+
+def test_sendfile_over_tls_without_fallback(loop, certs, tls_file):
+    path, _ = tls_file
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+
+    async def main():
+        server, addr, sinks = await _sink_server(loop, server_ctx)
+        try:
+            transport, _ = await loop.create_connection(
+                asyncio.Protocol, *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            with open(path, "rb") as f:
+                # asyncio 3.11: a TLS transport is FALLBACK-only, so with the fallback disabled
+                # sendfile raises RuntimeError (not SendfileNotAvailableError), sending nothing.
+                with pytest.raises(RuntimeError) as info:
+                    await loop.sendfile(transport, f, fallback=False)
+                assert not isinstance(info.value, asyncio.SendfileNotAvailableError)
+                assert "fallback is disabled and native sendfile is not supported" in str(
+                    info.value
+                )
+                assert f.tell() == 0
+            # The connection is unharmed.
+            transport.write(b"still here")
+            transport.close()
+            await until(lambda: sinks, "the server's protocol")
+            assert await sinks[0].done == (10, _sha(b"still here"))
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def test_sendfile_not_a_regular_file(loop):
+    """Plain TCP with an object that is no regular file: the native path is not available
+    (this, not TLS, is where SendfileNotAvailableError comes from); the fallback sends it."""
+    data = _payload(3 * MiB + 5, seed=13)
+
+    async def main():
+        server, addr, sinks = await _sink_server(loop)
+        try:
+            transport, proto = await loop.create_connection(Collector, *addr)
+            with pytest.raises(asyncio.SendfileNotAvailableError, match="not a regular file"):
+                await loop.sendfile(transport, io.BytesIO(data), fallback=False)
+            buf = io.BytesIO(data)
+            assert await loop.sendfile(transport, buf, 5) == len(data) - 5
+            assert buf.tell() == len(data)
+            # The fallback swapped the protocol and paused reading for the transfer only.
+            assert transport.get_protocol() is proto
+            assert transport.is_reading()
+            transport.write_eof()
+            await until(lambda: sinks, "the server's protocol")
+            assert await sinks[0].done == (len(data) - 5, _sha(data[5:]))
+            transport.close()
+            assert await proto.lost is None
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def test_sendfile_unix_socket(loop, tls_file):
+    path, digest = tls_file
+
+    async def main():
+        with tempfile.TemporaryDirectory() as d:
+            sock_path = os.path.join(d, "sendfile.sock")
+            sinks = []
+
+            def factory():
+                sinks.append(Sink())
+                return sinks[-1]
+
+            server = await loop.create_unix_server(factory, sock_path)
+            try:
+                transport, _ = await loop.create_unix_connection(asyncio.Protocol, sock_path)
+                with open(path, "rb") as f:
+                    assert await loop.sendfile(transport, f, fallback=False) == TLS_FILE
+                transport.write_eof()
+                await until(lambda: sinks, "the server's protocol")
+                assert await sinks[0].done == (TLS_FILE, digest)
+                transport.close()
+            finally:
+                await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def test_sendfile_peer_resets_midway(loop, big_file):
+    path, _ = big_file
+
+    async def main():
+        class ResetAfter1MiB(Sink):
+            def data_received(self, data):
+                super().data_received(data)
+                if self.count >= 1 * MiB:
+                    self.transport.abort()
+
+        server = await loop.create_server(ResetAfter1MiB, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()[:2]
+        try:
+            transport, proto = await loop.create_connection(Collector, *addr)
+            with open(path, "rb") as f:
+                with pytest.raises(ConnectionError):
+                    await loop.sendfile(transport, f)
+                # The file position tells how much was sent before the error.
+                assert 1 * MiB <= f.tell() < BIG
+            await proto.lost
+            assert transport.is_closing()
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def test_sendfile_plain_tcp_file_errors(loop, tmp_path):
+    """Argument checks asyncio makes before sending (both loops run asyncio's code)."""
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"abc")
+
+    async def main():
+        server, addr, sinks = await _sink_server(loop)
+        try:
+            transport, _ = await loop.create_connection(asyncio.Protocol, *addr)
+            with open(path, "rb") as f:
+                with pytest.raises(ValueError, match="offset must be a non-negative integer"):
+                    await loop.sendfile(transport, f, -1)
+                with pytest.raises(ValueError, match="count must be a positive integer"):
+                    await loop.sendfile(transport, f, 0, 0)
+            with open(path) as f:  # text mode
+                with pytest.raises(ValueError, match="file should be opened in binary mode"):
+                    await loop.sendfile(transport, f)
+            # Sending from past the end sends nothing.
+            transport.pause_reading()
+            with open(path, "rb") as f:
+                assert await loop.sendfile(transport, f, 10) == 0
+                assert await loop.sendfile(transport, f, 1) == 2
+            assert not transport.is_reading()  # sendfile leaves paused reading paused
+            transport.write_eof()
+            await until(lambda: sinks, "the server's protocol")
+            assert await sinks[0].done == (2, _sha(b"bc"))
+            transport.close()
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
