@@ -592,6 +592,8 @@ def test_signal_child_that_exited_unnoticed(loop, run, how, caplog):
             getattr(proc, how)()
         return await proc.wait()
 
+    # The blocking sleep is on purpose: no slow-callback warning in debug mode.
+    loop.slow_callback_duration = 10.0
     with caplog.at_level("WARNING", logger="asyncio"):
         assert run(main()) == 3
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
