@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import gc
+import hashlib
 import os
+import random
+import time
 
 import pytest
 
@@ -232,3 +235,30 @@ def run_iterations(loop, n: int) -> None:
 def spin(loop):
     """``spin(n)`` runs ``n`` iterations of the test loop."""
     return lambda n=1: run_iterations(loop, n)
+
+
+# --------------------------------------------------------------------------- shared test helpers
+
+
+def payload(n: int, seed: int = 0) -> bytes:
+    """``n`` pseudo-random bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(n)
+
+
+def digest(data) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def until(predicate, what: str = "condition", timeout: float = 5.0) -> None:
+    """Poll ``predicate`` while the loop runs; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+async def iterations(n: int = 10) -> None:
+    """Let the loop run ``n`` iterations (each polls for I/O)."""
+    for _ in range(n):
+        await asyncio.sleep(0)

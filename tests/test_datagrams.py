@@ -24,28 +24,13 @@ import uuid
 import weakref
 
 import pytest
-from conftest import run_coro
+from conftest import iterations, run_coro, until
 
 KiB = 1024
 LOCALHOST = "127.0.0.1"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def until(predicate, what: str = "condition", timeout: float = 5.0) -> None:
-    """Poll ``predicate`` while the loop runs; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
-async def iterations(n: int = 10) -> None:
-    """Let the loop run ``n`` iterations (each polls for I/O)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 async def quiet(seconds: float = 0.05) -> None:

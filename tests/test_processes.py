@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import os
 import random
 import signal
@@ -24,7 +23,9 @@ import time
 import warnings
 
 import pytest
-from conftest import HandlerRecorder, run_coro
+from conftest import HandlerRecorder, iterations, run_coro, until
+from conftest import digest as _digest
+from conftest import payload as _payload
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -33,28 +34,6 @@ STDOUT = asyncio.subprocess.STDOUT
 DEVNULL = asyncio.subprocess.DEVNULL
 SH = "/bin/sh"
 PY = sys.executable
-
-
-def _payload(n: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def _digest(data) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-async def until(predicate, what: str = "condition", timeout: float = 5.0) -> None:
-    """Poll ``predicate`` while the loop runs; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
-async def iterations(n: int = 10) -> None:
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 def zombie_children() -> list[int]:

@@ -23,10 +23,12 @@ import socket
 import ssl
 import struct
 import tempfile
-import time
 import weakref
 
 import pytest
+from conftest import digest as _digest
+from conftest import iterations, until
+from conftest import payload as _payload
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -35,30 +37,7 @@ FAMILIES = ["tcp", "unix"]
 SIDES = ["accepted", "connected"]
 
 
-def _payload(n: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(n)
-
-
-def _digest(data) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # --------------------------------------------------------------------------- polling helpers
-
-
-async def until(predicate, what: str = "condition", timeout: float = 5.0) -> None:
-    """Poll ``predicate`` while the loop runs; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
-async def iterations(n: int = 10) -> None:
-    """Let the loop run ``n`` iterations (each polls for I/O)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 async def peer_send(sock: socket.socket, data) -> None:
