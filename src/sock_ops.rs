@@ -96,9 +96,55 @@ pub struct SockRecv {
     future: Py<PyAny>,
     sock: Py<PyAny>,
     fd: RawFd,
-    /// `sock_recv(n)`: the size; `sock_recv_into(buf)`: `None` and the buffer in `into`.
-    n: usize,
-    into: Option<Py<PyAny>>,
+    target: RecvTarget,
+}
+
+/// Where a receive puts the data: a new `bytes` of at most `n` bytes (`sock_recv`), or the
+/// caller's buffer (`sock_recv_into`, which returns the byte count).
+enum RecvTarget {
+    Bytes(usize),
+    Into(Py<PyAny>),
+}
+
+impl RecvTarget {
+    /// One `recv`: the result `sock_recv`/`sock_recv_into` return, or the OS error.
+    fn attempt(&self, py: Python<'_>, fd: RawFd) -> PyResult<std::io::Result<Py<PyAny>>> {
+        Ok(match self {
+            RecvTarget::Bytes(n) => recv_bytes(py, fd, *n)?.map(Py::into_any),
+            RecvTarget::Into(buf) => buffers::with_writable(buf.bind(py), |b| sys::recv(fd, b))?
+                .map(|n| {
+                    n.into_pyobject(py)
+                        .map(|n| n.into_any().unbind())
+                        .unwrap_or_else(|e| match e {})
+                }),
+        })
+    }
+}
+
+/// `sock_recv`/`sock_recv_into`: the result at once, or a future and a native reader.
+fn recv_native(
+    slf: &Bound<'_, LoopCore>,
+    sock: &Bound<'_, PyAny>,
+    target: RecvTarget,
+) -> PyResult<Py<PyAny>> {
+    let py = slf.py();
+    let Some(fd) = native_fd(slf, sock)? else {
+        return Ok(py.NotImplemented());
+    };
+    match target.attempt(py, fd)? {
+        Ok(result) => return Ok(result),
+        Err(err) if is_retry(&err) => {}
+        Err(err) => return Err(os_error(err)),
+    }
+    let future = slf.call_method0(intern!(py, "create_future"))?;
+    let op = SockRecv {
+        future: future.clone().unbind(),
+        sock: sock.clone().unbind(),
+        fd,
+        target,
+    };
+    wait_for(slf, fd, Side::Read, &future, Bound::new(py, op)?.into_any())?;
+    Ok(future.unbind())
 }
 
 /// The writer of a pending `sock_sendall` (`_sock_sendall`).
@@ -154,16 +200,7 @@ impl SockRecv {
         if finished(future, self.sock.bind(py), self.fd)? {
             return Ok(());
         }
-        let result: std::io::Result<Py<PyAny>> = match &self.into {
-            None => recv_bytes(py, self.fd, self.n)?.map(Py::into_any),
-            Some(buf) => buffers::with_writable(buf.bind(py), |bytes| sys::recv(self.fd, bytes))?
-                .map(|n| {
-                    n.into_pyobject(py)
-                        .map(|n| n.into_any().unbind())
-                        .unwrap_or_else(|e| match e {})
-                }),
-        };
-        match result {
+        match self.target.attempt(py, self.fd)? {
             Err(err) if is_retry(&err) => Ok(()),
             Err(err) => settle(future, Err(os_error(err))),
             Ok(value) => settle(future, Ok(value)),
@@ -210,28 +247,10 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         n: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let Ok(n) = n.extract::<usize>() else {
-            return Ok(py.NotImplemented());
-        };
-        let Some(fd) = native_fd(slf, sock)? else {
-            return Ok(py.NotImplemented());
-        };
-        match recv_bytes(py, fd, n)? {
-            Ok(data) => return Ok(data.into_any()),
-            Err(err) if is_retry(&err) => {}
-            Err(err) => return Err(os_error(err)),
+        match n.extract::<usize>() {
+            Ok(n) => recv_native(slf, sock, RecvTarget::Bytes(n)),
+            Err(_) => Ok(slf.py().NotImplemented()),
         }
-        let future = slf.call_method0(intern!(py, "create_future"))?;
-        let op = SockRecv {
-            future: future.clone().unbind(),
-            sock: sock.clone().unbind(),
-            fd,
-            n,
-            into: None,
-        };
-        wait_for(slf, fd, Side::Read, &future, Bound::new(py, op)?.into_any())?;
-        Ok(future.unbind())
     }
 
     /// `sock_recv_into(sock, buf)`: the byte count, a future, or `NotImplemented`.
@@ -240,25 +259,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         buf: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let Some(fd) = native_fd(slf, sock)? else {
-            return Ok(py.NotImplemented());
-        };
-        match buffers::with_writable(buf, |bytes| sys::recv(fd, bytes))? {
-            Ok(n) => return Ok(n.into_pyobject(py)?.into_any().unbind()),
-            Err(err) if is_retry(&err) => {}
-            Err(err) => return Err(os_error(err)),
-        }
-        let future = slf.call_method0(intern!(py, "create_future"))?;
-        let op = SockRecv {
-            future: future.clone().unbind(),
-            sock: sock.clone().unbind(),
-            fd,
-            n: 0,
-            into: Some(buf.clone().unbind()),
-        };
-        wait_for(slf, fd, Side::Read, &future, Bound::new(py, op)?.into_any())?;
-        Ok(future.unbind())
+        recv_native(slf, sock, RecvTarget::Into(buf.clone().unbind()))
     }
 
     /// `sock_sendall(sock, data)`: `None` when all was sent at once, a future, or
