@@ -23,6 +23,7 @@ use ferroloop_core::timers::CancelCounter;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyFloat, PyTuple};
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 static LIVE_HANDLES: AtomicUsize = AtomicUsize::new(0);
@@ -51,18 +52,25 @@ pub struct Payload {
 #[pyclass(frozen, subclass, weakref, module = "ferroloop._ferroloop")]
 pub struct Handle {
     payload: GilCell<Option<Payload>>,
-    context: Py<PyAny>,
+    /// Released by hand in `Drop` (see there).
+    context: ManuallyDrop<Py<PyAny>>,
     cancelled: AtomicBool,
     /// Deadline of a timer; NaN for a plain handle.
     when: f64,
     scheduled: AtomicBool,
     cancel_counter: Option<CancelCounter>,
-    source_traceback: Option<Py<PyAny>>,
-    /// In debug mode, `cancel()` keeps the repr as it was before the callback was cleared.
-    repr_cache: GilCell<Option<String>>,
-    debug: bool,
+    /// Present in debug mode only (boxed: most handles are not made in debug mode).
+    debug: Option<Box<DebugInfo>>,
     /// Runs once (`call_soon`, timers) rather than on every readiness (`add_reader`).
     oneshot: bool,
+}
+
+/// What a handle made in debug mode carries besides.
+struct DebugInfo {
+    /// Where the handle was made (`Handle._source_traceback`).
+    source_traceback: Py<PyAny>,
+    /// `cancel()` keeps the repr as it was before the callback was cleared.
+    repr_cache: GilCell<Option<String>>,
 }
 
 /// Mirrors `asyncio.events.TimerHandle`: a [`Handle`] with a deadline.
@@ -104,10 +112,13 @@ impl Handle {
     ) -> PyResult<Self> {
         let context = match new.context {
             Some(ctx) if !ctx.is_none(py) => ctx,
-            _ => context::copy_current(py)?,
+            _ => context::copy_current_private(py)?,
         };
-        let source_traceback = if new.debug {
-            Some(py_helpers::extract_stack(py)?)
+        let debug = if new.debug {
+            Some(Box::new(DebugInfo {
+                source_traceback: py_helpers::extract_stack(py)?,
+                repr_cache: GilCell::new(None),
+            }))
         } else {
             None
         };
@@ -117,14 +128,12 @@ impl Handle {
                 callback: new.callback,
                 args: new.args,
             })),
-            context,
+            context: ManuallyDrop::new(context),
             cancelled: AtomicBool::new(false),
             when,
             scheduled: AtomicBool::new(counter.is_some()),
             cancel_counter: counter,
-            source_traceback,
-            repr_cache: GilCell::new(None),
-            debug: new.debug,
+            debug,
             oneshot: new.oneshot,
         })
     }
@@ -167,7 +176,7 @@ impl Handle {
     }
 
     pub fn source_traceback(&self) -> Option<&Py<PyAny>> {
-        self.source_traceback.as_ref()
+        self.debug.as_ref().map(|d| &d.source_traceback)
     }
 
     /// New references to the callback and arguments, unless the handle was cancelled.
@@ -236,23 +245,25 @@ impl Handle {
         }
         // As asyncio: in debug mode the repr is kept, taken after the flag is set and before
         // the callback is released, so it reads `<Handle cancelled callback(...) ...>`.
-        let kept_repr = if self.debug {
+        let kept_repr = if self.debug.is_some() {
             Some(slf.repr().map(|r| r.to_string()))
         } else {
             None
         };
         self.release(py);
-        if let Some(text) = kept_repr {
+        if let (Some(text), Some(debug)) = (kept_repr, &self.debug) {
             let text = text?;
-            self.repr_cache.with(py, |cache| *cache = Some(text))?;
+            debug.repr_cache.with(py, |cache| *cache = Some(text))?;
         }
         Ok(())
     }
 
     /// The parts of asyncio's `Handle._repr_info()`, with `when=` for timers.
     fn repr_info(&self, py: Python<'_>, class_name: &str) -> PyResult<String> {
-        if let Some(text) = self.repr_cache.with(py, |cache| cache.clone())? {
-            return Ok(text);
+        if let Some(debug) = &self.debug {
+            if let Some(text) = debug.repr_cache.with(py, |cache| cache.clone())? {
+                return Ok(text);
+            }
         }
         let mut info = vec![class_name.to_owned()];
         if self.is_cancelled() {
@@ -268,7 +279,7 @@ impl Handle {
                 args.bind(py),
             )?);
         }
-        if let Some(tb) = &self.source_traceback {
+        if let Some(tb) = self.source_traceback() {
             if let Ok(frame) = tb.bind(py).get_item(-1) {
                 let (file, line): (String, i64) =
                     (frame.get_item(0)?.extract()?, frame.get_item(1)?.extract()?);
@@ -280,8 +291,29 @@ impl Handle {
 }
 
 impl Drop for Handle {
+    /// Releases the context and any callback left at once. PyO3 would defer these decrements
+    /// to its next entry point when the handle is freed by plain Python code (`del handle`),
+    /// and a reference held in that pool would keep a cycle through the context from being
+    /// collected by a `gc.collect()` made in between.
     fn drop(&mut self) {
         count_live(-1);
+        // SAFETY: a `Handle` value is dropped only with the GIL held: by its type's tp_dealloc,
+        // or by `Py::new` failing inside a method that holds `py`.
+        let py = unsafe { Python::assume_attached() };
+        let payload = self.payload.get_mut().take();
+        // SAFETY: `drop` runs once, and `context` is not used after this.
+        let context = unsafe { ManuallyDrop::take(&mut self.context) };
+        context::publish(py, &context);
+        let refs = [context.into_ptr()].into_iter().chain(
+            payload
+                .into_iter()
+                .flat_map(|p| [p.callback.into_ptr(), p.args.into_any().into_ptr()]),
+        );
+        for obj in refs {
+            // SAFETY: GIL held; each pointer is a strong reference this handle owned, given up
+            // by `into_ptr` so that nothing else decrements it.
+            unsafe { pyo3::ffi::Py_DECREF(obj) };
+        }
     }
 }
 
@@ -299,6 +331,7 @@ impl Handle {
 
     /// `Handle.get_context()`.
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        context::publish(py, &self.context);
         self.context.clone_ref(py)
     }
 
@@ -319,12 +352,13 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        context::publish(py, &self.context);
         self.context.clone_ref(py)
     }
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|tb| tb.clone_ref(py))
+        self.source_traceback().map(|tb| tb.clone_ref(py))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {

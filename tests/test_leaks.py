@@ -200,3 +200,57 @@ def test_reference_cycles_through_handles_are_collected(loop, spin):
         gc.collect()
     gc.collect()
     assert [r() for r in refs] == [None, None]
+
+
+class _Marker:
+    pass
+
+
+_cycle_var = __import__("contextvars").ContextVar("cycle_var")
+
+
+def _make_context_cycle(refs):
+    # context -> its variables -> marker -> token -> context: a cycle through the very context
+    # the callback runs in, which only the cyclic GC can free.
+    import weakref
+
+    marker = _Marker()
+    marker.token = _cycle_var.set(marker)
+    refs.append(weakref.ref(marker))
+
+
+def test_cycle_through_a_handles_context_is_collected(loop):
+    refs = []
+    handles = [
+        loop.call_soon(_make_context_cycle, refs),
+        loop.call_later(0, _make_context_cycle, refs),
+    ]
+    _run_pending(loop)
+    _run_pending(loop)
+    assert len(refs) == 2
+    gc.collect()
+    # Still referenced by the handles we hold: alive.
+    assert all(ref() is not None for ref in refs)
+    del handles
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
+def test_handle_context_is_tracked_once_handed_out(loop):
+    handle = loop.call_later(3600, _noop)
+    try:
+        # get_context() is public from 3.12; asyncio 3.11 has only the attribute.
+        ctx = handle.get_context() if hasattr(handle, "get_context") else handle._context
+        assert gc.is_tracked(ctx)
+        # A cycle made through the handed-out context, after the handle is gone, is collected.
+        import weakref
+
+        marker = _Marker()
+        marker.token = ctx.run(_cycle_var.set, marker)
+        ref = weakref.ref(marker)
+    finally:
+        handle.cancel()
+    del handle, marker, ctx
+    _run_pending(loop)
+    gc.collect()
+    assert ref() is None

@@ -18,7 +18,7 @@ use crate::py_helpers;
 use ferroloop_core::registry::Side;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyString, PyTuple};
 use pyo3::{PyClass, PyTraverseError, PyVisit};
 use std::os::fd::RawFd;
 
@@ -34,7 +34,6 @@ pub struct Common {
     pub buffered: bool,
     pub protocol_connected: bool,
     pub server: Option<Py<PyAny>>,
-    pub extra: Py<PyDict>,
     pub conn_lost: u32,
     pub closing: bool,
     pub paused: bool,
@@ -48,7 +47,6 @@ impl Common {
         event_loop: &Bound<'_, PyAny>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
-        extra: &Bound<'_, PyDict>,
     ) -> PyResult<Self> {
         Ok(Self {
             transport: Some(transport.clone().unbind()),
@@ -58,7 +56,6 @@ impl Common {
             buffered: py_helpers::is_buffered_protocol(protocol)?,
             protocol_connected: true,
             server: None,
-            extra: extra.clone().unbind(),
             conn_lost: 0,
             closing: false,
             paused: false,
@@ -72,8 +69,7 @@ impl Common {
         visit.call(&self.event_loop)?;
         visit.call(&self.sock)?;
         visit.call(&self.protocol)?;
-        visit.call(&self.server)?;
-        visit.call(&self.extra)
+        visit.call(&self.server)
     }
 
     /// Takes out what `__clear__` and `_call_connection_lost` let go of (dropped by the caller,

@@ -27,7 +27,7 @@ use ferroloop_core::sys;
 use pyo3::exceptions::{PyBlockingIOError, PyInterruptedError, PyOSError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
@@ -317,25 +317,22 @@ impl DatagramTransportCore {
 
 common::transport_pymethods!(DatagramTransportCore {
     #[new]
-    #[pyo3(signature = (transport, event_loop, sock, protocol, extra, address))]
+    #[pyo3(signature = (transport, event_loop, sock, protocol, peername, address))]
     fn py_new(
         transport: &Bound<'_, PyAny>,
         event_loop: &Bound<'_, PyAny>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
-        extra: &Bound<'_, PyDict>,
+        peername: &Bound<'_, PyAny>,
         address: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         let family: i32 = sock.getattr("family")?.extract()?;
-        let connected = match extra.get_item("peername")? {
-            Some(peer) => peer.is_truthy()?,
-            None => false,
-        };
+        let connected = peername.is_truthy()?;
         Ok(DatagramTransportCore {
             fd,
             st: GilCell::new(State {
-                common: Common::new(transport, event_loop, sock, protocol, extra)?,
+                common: Common::new(transport, event_loop, sock, protocol)?,
                 address: address.filter(|a| !a.is_none(transport.py())),
                 connected,
                 buffer: VecDeque::new(),

@@ -14,6 +14,7 @@ use crate::gil_cell::GilCell;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use std::io;
 
@@ -79,10 +80,13 @@ pub struct FlowControl {
 }
 
 impl FlowControl {
-    /// The defaults: 64 KiB high, 16 KiB low.
+    /// The defaults: 64 KiB high, 16 KiB low (one pair of `int`s shared by all transports).
     pub fn new(py: Python<'_>) -> PyResult<Self> {
-        let (high, low) = parse_limits(py, None, None)?;
-        Self::with_limits(high, low)
+        static DEFAULTS: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+        let (high, low) = DEFAULTS.get_or_try_init(py, || {
+            parse_limits(py, None, None).map(|(high, low)| (high.unbind(), low.unbind()))
+        })?;
+        Self::with_limits(high.bind(py).clone(), low.bind(py).clone())
     }
 
     /// Marks from [`parse_limits`].

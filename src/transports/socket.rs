@@ -32,7 +32,7 @@ use ferroloop_core::transports::WriteBuffer;
 use pyo3::exceptions::{PyConnectionError, PyRuntimeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 use std::os::fd::RawFd;
 
@@ -261,19 +261,18 @@ impl SocketTransportCore {
 
 common::transport_pymethods!(SocketTransportCore {
     #[new]
-    #[pyo3(signature = (transport, event_loop, sock, protocol, extra))]
+    #[pyo3(signature = (transport, event_loop, sock, protocol))]
     fn py_new(
         transport: &Bound<'_, PyAny>,
         event_loop: &Bound<'_, PyAny>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
-        extra: &Bound<'_, PyDict>,
     ) -> PyResult<Self> {
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         Ok(SocketTransportCore {
             fd,
             st: GilCell::new(State {
-                common: Common::new(transport, event_loop, sock, protocol, extra)?,
+                common: Common::new(transport, event_loop, sock, protocol)?,
                 buffer: WriteBuffer::new(),
                 eof: false,
                 empty_waiter: None,

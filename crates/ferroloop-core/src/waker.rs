@@ -59,7 +59,12 @@ impl Waker {
     /// Wakes the loop if it is (about to be) blocked and no wakeup is pending.
     /// Returns whether this call wrote the eventfd.
     pub fn wake(&self) -> io::Result<bool> {
-        if !self.sleeping.load(Ordering::SeqCst) || self.pending.swap(true, Ordering::SeqCst) {
+        // The plain load of `pending` first: while a wakeup is pending (the loop woke and waits
+        // for the GIL), a producer's every call would otherwise be a locked read-modify-write.
+        if !self.sleeping.load(Ordering::SeqCst)
+            || self.pending.load(Ordering::SeqCst)
+            || self.pending.swap(true, Ordering::SeqCst)
+        {
             return Ok(false);
         }
         sys::eventfd_signal(&self.fd)?;
