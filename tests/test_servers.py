@@ -1246,6 +1246,96 @@ def test_server_protocol_error_goes_to_handler(loop, run, exc_handler, where):
     run(main())
 
 
+_conn_var = __import__("contextvars").ContextVar("conn_var", default=None)
+
+
+def test_each_connection_gets_its_own_context(loop, run):
+    """The protocol factory and the protocol's callbacks run in a copy of the context the
+    server was started in, one per connection: what one connection sets, no other sees."""
+    seen = []
+
+    class Tagging(asyncio.Protocol):
+        def __init__(self):
+            seen.append(("factory", _conn_var.get()))
+            _conn_var.set(len(seen))
+
+        def connection_made(self, transport):
+            self.transport = transport
+            seen.append(("made", _conn_var.get()))
+
+        def data_received(self, data):
+            seen.append(("data", _conn_var.get()))
+            _conn_var.set("data")
+            self.transport.write(data)
+
+    async def main():
+        _conn_var.set("server")
+        server = await loop.create_server(Tagging, HOST, 0)
+        addr = server.sockets[0].getsockname()
+        for _ in range(2):
+            assert await _echo_roundtrip(loop, addr, b"x") == b"x"
+        await _close_server(server)
+        assert _conn_var.get() == "server"
+
+    run(main())
+    # The factory's set() is not visible to connection_made, which runs in its own copy (as
+    # every call_soon callback does); data_received sees its reader's context.
+    assert seen == [
+        ("factory", "server"),
+        ("made", 1),
+        ("data", 1),
+        ("factory", "server"),
+        ("made", 4),
+        ("data", 4),
+    ], seen
+
+
+@pytest.mark.parametrize("where", ["factory", "connection_made"])
+def test_failing_protocol_factory_leaks_nothing(loop, run, exc_handler, where):
+    calls = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            if where == "connection_made" and len(calls) == 1:
+                raise ZeroDivisionError(where)
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    def factory():
+        calls.append(None)
+        if where == "factory" and len(calls) == 1:
+            raise ZeroDivisionError(where)
+        return Echo()
+
+    async def main():
+        server = await loop.create_server(factory, HOST, 0)
+        addr = server.sockets[0].getsockname()
+        fds = _open_fds()
+        client = socket.create_connection(addr)
+        client.setblocking(False)
+        await _until(lambda: len(calls) == 1)
+        await asyncio.sleep(0.05)
+        # The server goes on serving the next client.
+        assert await _echo_roundtrip(loop, addr, b"next") == b"next"
+        client.close()
+        if where == "connection_made" or loop.get_debug():
+            # A failing factory is reported in debug mode only, as asyncio does.
+            (ctx,) = exc_handler.consume(1)
+            assert type(ctx["exception"]) is ZeroDivisionError
+            # asyncio leaves the accepted socket to the GC, and this traceback holds it.
+            ctx["exception"].__traceback__ = None
+        await _close_server(server)
+        gc.collect()
+        await asyncio.sleep(0.01)
+        return fds
+
+    fds = run(main())
+    gc.collect()
+    assert _open_fds() <= fds
+
+
 def test_emfile_on_accept_keeps_server_alive(loop, run, exc_handler):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     backlog = 3

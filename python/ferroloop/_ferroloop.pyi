@@ -142,7 +142,6 @@ class SocketTransportCore:
         event_loop: LoopCore,
         sock: Any,
         protocol: Any,
-        extra: dict[str, Any],
     ) -> Self: ...
     def _read_ready(self) -> None: ...
     def _write_ready(self) -> None: ...
@@ -201,7 +200,7 @@ class DatagramTransportCore:
         event_loop: LoopCore,
         sock: Any,
         protocol: Any,
-        extra: dict[str, Any],
+        peername: Any,
         address: Any,
     ) -> Self: ...
     def _read_ready(self) -> None: ...

@@ -12,12 +12,14 @@ only what ties the two together; later work replaces hot parts (transports) with
 
 from __future__ import annotations
 
+import contextvars
+import errno
 import selectors
 import sys
 import threading
 import warnings
 import weakref
-from asyncio import coroutines, events, unix_events
+from asyncio import constants, coroutines, events, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop, _subprocess
@@ -148,6 +150,82 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     def _close_self_pipe(self) -> None:
         if self._ssock is not None:
             super()._close_self_pipe()
+
+    def _accept_connection(
+        self,
+        protocol_factory,
+        sock,
+        sslcontext=None,
+        server=None,
+        backlog=100,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        """asyncio's accept loop, except that a plain connection's protocol and transport are
+        made at once, in a copy of the context, instead of in a task per connection
+        (`_accept_connection2`): a burst of connections costs no tasks, coroutines and waiters,
+        and each connection is served an iteration sooner. TLS connections keep asyncio's path
+        (their handshake needs the task)."""
+        if sslcontext is not None:
+            return super()._accept_connection(
+                protocol_factory, sock, sslcontext, server, backlog,
+                ssl_handshake_timeout, ssl_shutdown_timeout,
+            )  # fmt: skip
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+                if self._debug:
+                    logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return None  # The accept queue is empty.
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise  # The event loop logs it.
+                # As asyncio: report, stop accepting for a while (the listening socket stays
+                # readable), then try again.
+                self.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": exc,
+                        "socket": trsock.TransportSocket(sock),
+                    }
+                )
+                self._remove_reader(sock.fileno())
+                self.call_later(
+                    constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                    protocol_factory, sock, sslcontext, server, backlog,
+                    ssl_handshake_timeout, ssl_shutdown_timeout,
+                )  # fmt: skip
+            else:
+                contextvars.copy_context().run(
+                    self._accept_plain, protocol_factory, conn, addr, server
+                )
+        return None
+
+    def _accept_plain(self, protocol_factory, conn, addr, server) -> None:
+        # `_accept_connection2` without the task: failures are reported in debug mode only, as
+        # there; unlike there, the socket is closed at once rather than left to the GC.
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            transport = self._make_socket_transport(
+                conn, protocol, extra={"peername": addr}, server=server
+            )
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            conn.close()
+            if self._debug:
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                if transport is not None:
+                    context["transport"] = transport
+                self.call_exception_handler(context)
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         """The transport of a connected stream socket: native data path (`SocketTransport`)."""

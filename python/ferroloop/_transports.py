@@ -33,21 +33,59 @@ def _polling(loop, fd: int, event: int) -> bool:
     return bool(key.events & event)
 
 
-def _addresses(sock, extra: dict) -> dict:
-    """`extra` with what `_SelectorTransport.__init__` takes from the socket at once: the
-    addresses (after a reset the socket no longer knows its peer). The 'socket' entry is made
-    on first use, or before the socket closes (`_fill_extra`)."""
-    extra = {} if extra is None else extra
+# Address values seen lately, so that many connections share one equal object: a server's
+# local address is the same for every connection it accepts, and its clients' hosts repeat.
+# Bounded: emptied when full.
+_SHARED: dict = {}
+_SHARED_MAX = 4096
+
+
+def _shared(value):
     try:
-        extra["sockname"] = sock.getsockname()
+        kept = _SHARED.get(value)
+    except TypeError:  # not hashable
+        return value
+    if kept is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        _SHARED[value] = kept = value
+    return kept
+
+
+def _peer(addr):
+    """`addr` with its host string shared (the port differs from connection to connection)."""
+    if type(addr) is tuple and addr and type(addr[0]) is str:
+        host = _shared(addr[0])
+        if host is not addr[0]:
+            return (host, *addr[1:])
+    return addr
+
+
+def _addresses(transport, sock, extra) -> None:
+    """What `_SelectorTransport.__init__` takes from the socket at once: the addresses (after a
+    reset the socket no longer knows its peer). They are kept in slots, and `_extra` is made
+    only when asked for (an idle connection pays for no dict); a caller's `extra` with more than
+    the peer address is kept, as asyncio keeps it. The 'socket' entry is made on first use, or
+    before the socket closes (`_fill_extra`)."""
+    try:
+        sockname = _shared(sock.getsockname())
     except OSError:
-        extra["sockname"] = None
-    if "peername" not in extra:
+        sockname = None
+    if extra and "peername" in extra:
+        peername = _peer(extra["peername"])
+    else:
         try:
-            extra["peername"] = sock.getpeername()
+            peername = _peer(sock.getpeername())
         except OSError:
-            extra["peername"] = None
-    return extra
+            peername = None
+    transport._sockname = sockname
+    transport._peername = peername
+    if extra is not None and extra.keys() - {"peername"}:
+        extra["sockname"] = sockname
+        extra["peername"] = peername
+        transport._extra_dict = extra
+    else:
+        transport._extra_dict = None
 
 
 class _NativeTransport(transports._FlowControlMixin, transports.Transport):
@@ -56,7 +94,7 @@ class _NativeTransport(transports._FlowControlMixin, transports.Transport):
     # `_core` (and each subclass's bound write method) are slots, so an idle connection pays
     # for no instance dict (`__dict__` stays available for users who set attributes, as on
     # asyncio's transports).
-    __slots__ = ("_core", "__dict__", "__weakref__")
+    __slots__ = ("_core", "_sockname", "_peername", "_extra_dict", "__dict__", "__weakref__")
 
     max_size = 256 * 1024  # The most one receive reads (fixed in the core).
 
@@ -119,17 +157,36 @@ class _NativeTransport(transports._FlowControlMixin, transports.Transport):
         self._core._force_close(exc)
 
     def get_extra_info(self, name, default=None):
-        extra = self._extra
-        if name == "socket" and "socket" not in extra:
+        extra = self._extra_dict
+        if extra is None:
+            if name == "peername":
+                return self._peername
+            if name == "sockname":
+                return self._sockname
+            if name != "socket":
+                return default
+            extra = self._extra
+        elif name == "socket" and "socket" not in extra:
             self._fill_extra()
         return extra.get(name, default)
+
+    @property
+    def _extra(self) -> dict:
+        """asyncio's `BaseTransport._extra`, made on first use."""
+        extra = self._extra_dict
+        if extra is None:
+            extra = {"sockname": self._sockname, "peername": self._peername}
+            self._extra_dict = extra
+            self._fill_extra()
+        return extra
 
     def _fill_extra(self) -> None:
         # The 'socket' entry asyncio's `_SelectorTransport.__init__` makes; the core calls this
         # before it closes the socket, so the entry exists afterwards too.
         sock = self._core._sock
-        if sock is not None and "socket" not in self._extra:
-            self._extra["socket"] = trsock.TransportSocket(sock)
+        extra = self._extra
+        if sock is not None and "socket" not in extra:
+            extra["socket"] = trsock.TransportSocket(sock)
 
     def __repr__(self) -> str:
         core = self._core
@@ -182,9 +239,8 @@ class SocketTransport(_NativeTransport):
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None) -> None:
-        # `BaseTransport.__init__`: the caller's dict is kept, as asyncio keeps it.
-        self._extra = extra = _addresses(sock, extra)
-        core = _ferroloop.SocketTransportCore(self, loop, sock, protocol, extra)
+        _addresses(self, sock, extra)
+        core = _ferroloop.SocketTransportCore(self, loop, sock, protocol)
         self._core = core
         self.write = core.write
         core._server = server
@@ -220,8 +276,8 @@ class DatagramTransport(_NativeTransport):
     __slots__ = ("sendto",)
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None) -> None:
-        self._extra = extra = _addresses(sock, extra)
-        core = _ferroloop.DatagramTransportCore(self, loop, sock, protocol, extra, address)
+        _addresses(self, sock, extra)
+        core = _ferroloop.DatagramTransportCore(self, loop, sock, protocol, self._peername, address)
         self._core = core
         self.sendto = core.sendto
         self._start(loop, protocol, waiter)
