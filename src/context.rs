@@ -72,3 +72,20 @@ pub fn run_in_context(
     let _ = unsafe { ffi::PyContext_Exit(context.as_ptr()) };
     result.map(drop)
 }
+
+/// Runs `f` inside `context` (entered and exited as [`run_in_context`] does): the native
+/// counterpart of a Python callback.
+pub fn run_native(
+    py: Python<'_>,
+    context: &Py<PyAny>,
+    f: impl FnOnce() -> PyResult<()>,
+) -> PyResult<()> {
+    // SAFETY: as in `run_in_context`.
+    if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = f();
+    // SAFETY: as in `run_in_context`.
+    let _ = unsafe { ffi::PyContext_Exit(context.as_ptr()) };
+    result
+}

@@ -12,7 +12,7 @@
 use crate::errors::{loop_closed, os_error};
 use crate::fastcall::{fixed_arg, Fixed};
 use crate::gil_cell::GilCell;
-use crate::handles::{Handle, NewHandle, TimerHandle};
+use crate::handles::{Handle, Invoke, NewHandle, TimerHandle};
 use crate::py_helpers;
 use crate::run_once;
 use ferroloop_core::clock;
@@ -192,6 +192,7 @@ impl LoopCore {
             context,
             debug,
             oneshot: true,
+            invoke: Invoke::Python,
         }
     }
 
@@ -261,16 +262,25 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_fd_callback(slf, fileobj_to_fd(fd)?, side, callback, args)
+        Self::add_fd_callback(
+            slf,
+            fileobj_to_fd(fd)?,
+            side,
+            callback,
+            args,
+            Invoke::Python,
+        )
     }
 
-    /// `_add_reader`/`_add_writer` on a descriptor number (also used by the native transports).
+    /// `_add_reader`/`_add_writer` on a descriptor number (also used by the native transports,
+    /// which register their core as a native reader: `invoke` is then `Invoke::Reader`).
     pub fn add_fd_callback(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         side: Side,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        invoke: Invoke,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let method = if side == Side::Read {
@@ -278,9 +288,19 @@ impl LoopCore {
         } else {
             "add_writer"
         };
-        let debug = Self::check_schedule(slf, callback, method, false)?;
+        let debug = match invoke {
+            Invoke::Python => Self::check_schedule(slf, callback, method, false)?,
+            Invoke::Reader(_) => Self::state(slf, |st| {
+                if st.closed {
+                    Err(loop_closed())
+                } else {
+                    Ok(st.debug)
+                }
+            })??,
+        };
         let new = NewHandle {
             oneshot: false,
+            invoke,
             ..Self::new_handle(callback, args, None, debug)
         };
         let handle = Handle::new_plain(py, new)?;

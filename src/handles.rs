@@ -19,6 +19,7 @@
 use crate::context;
 use crate::gil_cell::GilCell;
 use crate::py_helpers;
+use crate::transports::ReaderKind;
 use ferroloop_core::timers::CancelCounter;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -63,6 +64,17 @@ pub struct Handle {
     debug: Option<Box<DebugInfo>>,
     /// Runs once (`call_soon`, timers) rather than on every readiness (`add_reader`).
     oneshot: bool,
+    invoke: Invoke,
+}
+
+/// What running a handle calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invoke {
+    /// `callback(*args)`, as asyncio.
+    Python,
+    /// A native transport's reader: the callback is the transport's core, whose `_read_ready`
+    /// is called from Rust (no bound-method object per connection, no Python call per event).
+    Reader(ReaderKind),
 }
 
 /// What a handle made in debug mode carries besides.
@@ -86,6 +98,7 @@ pub struct NewHandle {
     pub debug: bool,
     /// False for `add_reader`/`add_writer` handles, which run on every readiness.
     pub oneshot: bool,
+    pub invoke: Invoke,
 }
 
 /// A callback that raised: the exception and what was called.
@@ -135,6 +148,7 @@ impl Handle {
             cancel_counter: counter,
             debug,
             oneshot: new.oneshot,
+            invoke: new.invoke,
         })
     }
 
@@ -210,14 +224,24 @@ impl Handle {
         let Some((callback, args)) = payload else {
             return Ok(());
         };
-        match context::run_in_context(py, &self.context, callback.bind(py), args.bind(py)) {
-            Ok(()) => Ok(()),
-            Err(err) => Err(Failure {
-                err,
-                callback,
-                args,
-            }),
-        }
+        let result = match self.invoke {
+            Invoke::Python => {
+                context::run_in_context(py, &self.context, callback.bind(py), args.bind(py))
+            }
+            Invoke::Reader(kind) => {
+                context::run_native(py, &self.context, || kind.read_ready(callback.bind(py)))
+            }
+        };
+        let Err(err) = result else {
+            return Ok(());
+        };
+        // The exception handler's message names the callback as Python sees it.
+        let shown = self.shown_callback(callback.bind(py).clone());
+        Err(Failure {
+            err,
+            callback: shown.map_or(callback, Bound::unbind),
+            args,
+        })
     }
 
     /// After `run(py, keep = true)`: a one-shot handle now gives up its callback.
@@ -258,6 +282,14 @@ impl Handle {
         Ok(())
     }
 
+    /// The callback as Python sees it: a native reader's is its core's `_read_ready`.
+    fn shown_callback<'py>(&self, callback: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        match self.invoke {
+            Invoke::Python => Ok(callback),
+            Invoke::Reader(_) => callback.getattr(pyo3::intern!(callback.py(), "_read_ready")),
+        }
+    }
+
     /// The parts of asyncio's `Handle._repr_info()`, with `when=` for timers.
     fn repr_info(&self, py: Python<'_>, class_name: &str) -> PyResult<String> {
         if let Some(debug) = &self.debug {
@@ -275,7 +307,7 @@ impl Handle {
         if let Some((callback, args)) = self.payload(py) {
             info.push(py_helpers::format_callback_source(
                 py,
-                callback.bind(py),
+                &self.shown_callback(callback.into_bound(py))?,
                 args.bind(py),
             )?);
         }
@@ -336,8 +368,10 @@ impl Handle {
     }
 
     #[getter]
-    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.payload(py).map(|(cb, _)| cb)
+    fn _callback(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.payload(py)
+            .map(|(cb, _)| self.shown_callback(cb.into_bound(py)).map(Bound::unbind))
+            .transpose()
     }
 
     #[getter]

@@ -18,7 +18,7 @@
 use crate::buffers;
 use crate::errors::os_error;
 use crate::event_loop::LoopCore;
-use crate::handles::Handle;
+use crate::handles::{Handle, Invoke};
 use crate::transports::{is_retry, MAX_SIZE};
 use ferroloop_core::registry::Side;
 use ferroloop_core::sys;
@@ -79,7 +79,14 @@ fn wait_for(
 ) -> PyResult<()> {
     let py = event_loop.py();
     event_loop.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
-    let handle = LoopCore::add_fd_callback(event_loop, fd, side, &op, &PyTuple::empty(py))?;
+    let handle = LoopCore::add_fd_callback(
+        event_loop,
+        fd,
+        side,
+        &op,
+        &PyTuple::empty(py),
+        Invoke::Python,
+    )?;
     let done = FdDone {
         event_loop: event_loop.clone().unbind(),
         fd,

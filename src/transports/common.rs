@@ -11,9 +11,10 @@
 //! - no state borrow is held across a call into Python: values are cloned out, Python is
 //!   called, then the state is entered again; objects taken out are dropped after leaving it.
 
-use super::{escapes, FlowControl};
+use super::{escapes, FlowControl, ReaderKind};
 use crate::event_loop::LoopCore;
 use crate::gil_cell::GilCell;
+use crate::handles::Invoke;
 use crate::py_helpers;
 use ferroloop_core::registry::Side;
 use pyo3::intern;
@@ -97,6 +98,8 @@ pub type References = (
 /// A native transport core: a frozen pyclass whose state holds a [`Common`] and a write buffer.
 pub trait Core: PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
     type State: Send;
+    /// How the loop calls this core's `_read_ready` (registered as a native reader).
+    const READER: ReaderKind;
     /// The socket's descriptor.
     fn fd(&self) -> RawFd;
     fn cell(&self) -> &GilCell<Self::State>;
@@ -175,6 +178,7 @@ pub fn add<T: Core>(slf: &Bound<'_, T>, side: Side, method: &Bound<'_, PyString>
             side,
             &callback,
             &PyTuple::empty(slf.py()),
+            Invoke::Python,
         )?;
     }
     Ok(())
@@ -405,7 +409,16 @@ pub fn resume_reading<T: Core>(slf: &Bound<'_, T>) -> PyResult<()> {
 /// transport is closing.
 pub fn start_reading<T: Core>(slf: &Bound<'_, T>) -> PyResult<()> {
     if is_reading(slf)? {
-        add(slf, Side::Read, intern!(slf.py(), "_read_ready"))?;
+        if let Some(lp) = event_loop(slf)? {
+            LoopCore::add_fd_callback(
+                &lp,
+                slf.get().fd(),
+                Side::Read,
+                slf.as_any(),
+                &PyTuple::empty(slf.py()),
+                Invoke::Reader(T::READER),
+            )?;
+        }
     }
     Ok(())
 }

@@ -17,6 +17,7 @@
 //!   transport stays open; other exceptions end it (`_fatal_error`).
 
 use super::common::{self, Common, Core};
+use super::ReaderKind;
 use crate::buffers;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
@@ -136,6 +137,7 @@ pub struct DatagramTransportCore {
 
 impl Core for DatagramTransportCore {
     type State = State;
+    const READER: ReaderKind = ReaderKind::Datagram;
 
     fn fd(&self) -> RawFd {
         self.fd
@@ -356,7 +358,7 @@ common::transport_pymethods!(DatagramTransportCore {
     }
 
     /// `_read_ready()`: one `recvfrom`, then `datagram_received(data, addr)`.
-    fn _read_ready(slf: Slf<'_, '_>) -> PyResult<()> {
+    pub(crate) fn _read_ready(slf: Slf<'_, '_>) -> PyResult<()> {
         let py = slf.py();
         let (lost, sock) = common::with_common(slf, |c| {
             (c.conn_lost != 0, c.sock.as_ref().map(|s| s.clone_ref(py)))

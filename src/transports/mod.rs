@@ -69,6 +69,24 @@ pub fn check_bytes_like(data: &Bound<'_, PyAny>) -> PyResult<()> {
     )))
 }
 
+/// Which native transport a reader handle calls (`handles::Invoke::Reader`): the handle's
+/// callback is that transport's core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReaderKind {
+    Socket,
+    Datagram,
+}
+
+impl ReaderKind {
+    /// `core._read_ready()`, called from Rust.
+    pub fn read_ready(self, core: &Bound<'_, PyAny>) -> PyResult<()> {
+        match self {
+            ReaderKind::Socket => socket::SocketTransportCore::_read_ready(core.cast()?),
+            ReaderKind::Datagram => datagram::DatagramTransportCore::_read_ready(core.cast()?),
+        }
+    }
+}
+
 /// `_FlowControlMixin`'s state: the water marks and whether the protocol was paused. The marks
 /// are kept as given (asyncio accepts any number, `1e6` or `2**70` alike) and compared as `f64`.
 pub struct FlowControl {

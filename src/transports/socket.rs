@@ -21,6 +21,7 @@
 //!   called, then the state is entered again.
 
 use super::common::{self, Common, Core};
+use super::ReaderKind;
 use crate::buffers;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
@@ -53,6 +54,7 @@ pub struct SocketTransportCore {
 
 impl Core for SocketTransportCore {
     type State = State;
+    const READER: ReaderKind = ReaderKind::Socket;
 
     fn fd(&self) -> RawFd {
         self.fd
@@ -289,7 +291,7 @@ common::transport_pymethods!(SocketTransportCore {
     }
 
     /// `_read_ready()`: the reader callback.
-    fn _read_ready(slf: Slf<'_, '_>) -> PyResult<()> {
+    pub(crate) fn _read_ready(slf: Slf<'_, '_>) -> PyResult<()> {
         let py = slf.py();
         let (lost, buffered, protocol) = common::with_common(slf, |c| {
             (
