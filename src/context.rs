@@ -57,35 +57,31 @@ pub fn run_in_context(
     callback: &Bound<'_, PyAny>,
     args: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
-    // SAFETY: GIL held; `context` is a live object. PyContext_Enter type-checks its argument
-    // and returns -1 with an exception set on failure.
-    if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let result = if args.is_empty() {
-        callback.call0()
-    } else {
-        callback.call1(args)
-    };
-    // SAFETY: GIL held; the context was entered just above by this thread and is still alive
-    // (we hold a reference), so exiting it cannot fail.
-    let _ = unsafe { ffi::PyContext_Exit(context.as_ptr()) };
-    result.map(drop)
+    run_native(py, context, || {
+        let result = if args.is_empty() {
+            callback.call0()
+        } else {
+            callback.call1(args)
+        };
+        result.map(drop)
+    })
 }
 
-/// Runs `f` inside `context` (entered and exited as [`run_in_context`] does): the native
-/// counterpart of a Python callback.
+/// Runs `f` inside `context`: `PyContext_Enter`, `f`, `PyContext_Exit` (a Python callback, or
+/// a native one such as a transport's reader).
 pub fn run_native(
     py: Python<'_>,
     context: &Py<PyAny>,
     f: impl FnOnce() -> PyResult<()>,
 ) -> PyResult<()> {
-    // SAFETY: as in `run_in_context`.
+    // SAFETY: GIL held; `context` is a live object. PyContext_Enter type-checks its argument
+    // and returns -1 with an exception set on failure.
     if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
         return Err(PyErr::fetch(py));
     }
     let result = f();
-    // SAFETY: as in `run_in_context`.
+    // SAFETY: GIL held; the context was entered just above by this thread and is still alive
+    // (we hold a reference), so exiting it cannot fail.
     let _ = unsafe { ffi::PyContext_Exit(context.as_ptr()) };
     result
 }
