@@ -16,6 +16,7 @@ use crate::handles::{Handle, Invoke, NewHandle, TimerHandle};
 use crate::py_helpers;
 use crate::run_once;
 use ferroloop_core::clock;
+use ferroloop_core::fd_table::FdTable;
 use ferroloop_core::poller::Events;
 use ferroloop_core::ready::ReadyQueue;
 use ferroloop_core::registry::Side;
@@ -25,7 +26,7 @@ use ferroloop_core::waker::Waker;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyWeakrefReference};
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,10 @@ pub struct LoopState {
     pub current_handle: Option<Py<PyAny>>,
     /// `loop._task_factory`, read by `create_task` on every call.
     pub task_factory: Option<Py<PyAny>>,
+    /// ferroloop's own transports by descriptor, for `loop._transports` (asyncio's
+    /// `WeakValueDictionary`): a plain weak reference to each Python transport, keyed by the fd
+    /// number, which costs an idle connection less than a `KeyedRef` and a dict entry.
+    pub transports: FdTable<Option<Py<PyWeakrefReference>>>,
 }
 
 /// The native base class of `ferroloop.Loop`.
@@ -452,6 +457,7 @@ impl LoopCore {
                 thread_id: None,
                 current_handle: None,
                 task_factory: None,
+                transports: FdTable::new(),
             }),
         })
     }
@@ -678,14 +684,84 @@ impl LoopCore {
 
     /// The native half of `close()`: empties the queues and closes the poller and the waker.
     fn _close_core(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let (handles, selector, waker) = Self::state(slf, |st| {
+        let (handles, selector, waker, transports) = Self::state(slf, |st| {
             st.closed = true;
-            (st.drain_handles(), st.selector.take(), st.waker.take())
+            (
+                st.drain_handles(),
+                st.selector.take(),
+                st.waker.take(),
+                st.transports.take_all(),
+            )
         })?;
         release_all(slf.py(), &handles);
         // Dropping the selector and the waker closes the epoll fd and the eventfd.
-        drop((handles, selector, waker));
+        drop((handles, selector, waker, transports));
         Ok(())
+    }
+
+    /// Removes `transport`'s entry from `loop._transports` (its connection is lost and its
+    /// socket about to close: the descriptor number may belong to someone else next).
+    pub fn forget_transport(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let old = Self::state(slf, |st| {
+            let slot = st.transports.get_mut(fd)?;
+            slot.take_if(|w| w.bind(py).upgrade().is_some_and(|t| t.is(transport)))
+        })?;
+        drop(old);
+        Ok(())
+    }
+
+    /// `loop._transports[fd]` for ferroloop's transports: the live transport registered for
+    /// `fd`, or `None` (a dead entry is removed).
+    fn _transport_of(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        let weak = Self::state(slf, |st| {
+            st.transports
+                .get(fd)
+                .and_then(Option::as_ref)
+                .map(|w| w.clone_ref(py))
+        })?;
+        let Some(weak) = weak else {
+            return Ok(None);
+        };
+        match weak.bind(py).upgrade() {
+            Some(transport) => Ok(Some(transport.unbind())),
+            None => {
+                let dead = Self::state(slf, |st| {
+                    let slot = st.transports.get_mut(fd)?;
+                    slot.take_if(|w| w.is(&weak))
+                })?;
+                drop((dead, weak));
+                Ok(None)
+            }
+        }
+    }
+
+    /// `loop._transports[fd] = transport` for ferroloop's transports.
+    fn _set_transport(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let weak = PyWeakrefReference::new(transport)?.unbind();
+        let old = Self::state(slf, |st| {
+            st.transports
+                .slot(fd)
+                .ok_or_else(|| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+                .map(|slot| slot.replace(weak))
+        })??;
+        drop(old);
+        Ok(())
+    }
+
+    /// `del loop._transports[fd]` for ferroloop's transports: whether there was an entry.
+    fn _del_transport(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<bool> {
+        let old = Self::state(slf, |st| st.transports.get_mut(fd).and_then(Option::take))?;
+        Ok(old.is_some())
     }
 
     #[getter]

@@ -468,8 +468,22 @@ def test_transport_fd_rejects_raw_callbacks(loop, run):
             loop.add_writer(fd, lambda: None)
         with pytest.raises(RuntimeError, match="is used by transport"):
             loop.remove_reader(fd)
+        # Paused (no reader registered), the transport still owns its fd.
+        tr.pause_reading()
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(fd, lambda: None)
+        tr.resume_reading()
+        # What `_sendfile_native` does: take the entry out, put it back.
+        del loop._transports[fd]
+        assert fd not in loop._transports
+        loop.add_writer(fd, lambda: None)
+        assert loop.remove_writer(fd)
+        loop._transports[fd] = tr
+        assert loop._transports.get(fd) is tr
         tr.close()
         assert await pr.lost is None
+        # Once closed, the fd is free for raw callbacks again.
+        assert loop._transports.get(fd) is None or loop._transports[fd].is_closing()
         await _close_server(server)
 
     run(main())

@@ -23,7 +23,12 @@ from asyncio import constants, coroutines, events, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop, _subprocess
-from ._transports import DatagramTransport, ReadPipeTransport, SocketTransport
+from ._transports import (
+    DatagramTransport,
+    ReadPipeTransport,
+    SocketTransport,
+    _NativeTransport,
+)
 
 __all__ = ["Loop"]
 
@@ -57,6 +62,43 @@ def _run_stdlib_handle(handle: events.Handle) -> None:
         handle._run()
 
 
+class _TransportMap(weakref.WeakValueDictionary):
+    """`loop._transports`, asyncio's map of descriptors to the transports that own them (what
+    `_ensure_fd_no_transport` reads, and `_sendfile_native` takes out and puts back). ferroloop's
+    own transports are kept by the loop natively (`LoopCore._set_transport`: one plain weak
+    reference per connection); any other transport (asyncio's `_SelectorTransport`) lands in
+    the `WeakValueDictionary` as in asyncio."""
+
+    def __init__(self, loop) -> None:
+        super().__init__()
+        self._native_get = loop._transport_of
+        self._native_set = loop._set_transport
+        self._native_del = loop._del_transport
+
+    def __getitem__(self, fd):
+        transport = self._native_get(fd)
+        return super().__getitem__(fd) if transport is None else transport
+
+    def get(self, fd, default=None):
+        transport = self._native_get(fd)
+        return super().get(fd, default) if transport is None else transport
+
+    def __contains__(self, fd) -> bool:
+        return self._native_get(fd) is not None or super().__contains__(fd)
+
+    def __setitem__(self, fd, transport) -> None:
+        if isinstance(transport, _NativeTransport):
+            super().pop(fd, None)
+            self._native_set(fd, transport)
+        else:
+            self._native_del(fd)
+            super().__setitem__(fd, transport)
+
+    def __delitem__(self, fd) -> None:
+        if not self._native_del(fd):
+            super().__delitem__(fd)
+
+
 class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
     """A drop-in replacement for asyncio's default event loop."""
 
@@ -79,7 +121,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         # self-pipe (only needed as the wakeup fd of signal handlers) is made on first use.
         self._selector = _SelectorView(self)
         self._ssock = self._csock = None
-        self._transports = weakref.WeakValueDictionary()
+        self._transports = _TransportMap(self)
         # `_UnixSelectorEventLoop.__init__`'s.
         self._signal_handlers = {}
         # Children watched by pidfd (`_subprocess`): pidfd -> (pid, transport).

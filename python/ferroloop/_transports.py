@@ -99,7 +99,7 @@ class _NativeTransport(transports._FlowControlMixin, transports.Transport):
     max_size = 256 * 1024  # The most one receive reads (fixed in the core).
 
     def _start(self, loop, protocol, waiter) -> None:
-        loop._transports[self._core._sock_fd] = self
+        loop._set_transport(self._core._sock_fd, self)  # `loop._transports[fd] = self`
         loop.call_soon(protocol.connection_made, self)
         # Only start reading when connection_made() has been called.
         loop.call_soon(self._core._start_reading)

@@ -353,6 +353,9 @@ pub fn call_connection_lost<T: Core>(slf: &Bound<'_, T>, exc: &Bound<'_, PyAny>)
             .map(drop),
         _ => Ok(()),
     };
+    if let Some(lp) = event_loop(slf)? {
+        LoopCore::forget_transport(&lp, slf.get().fd(), &transport)?;
+    }
     let (sock, server) = with_common(slf, |c| {
         // The socket closes now: from here on, writes are dropped (and counted) as after any
         // lost connection, and nothing may touch the descriptor number again.

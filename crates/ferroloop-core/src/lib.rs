@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod fd_table;
 pub mod poller;
 pub mod ready;
 pub mod registry;

@@ -1,13 +1,14 @@
 //! The fd registry: which reader and which writer callback each descriptor has.
 //!
 //! Invariants:
-//! - a descriptor has an entry exactly while it has a reader or a writer (or both);
+//! - a descriptor counts as registered exactly while its slot has a reader or a writer (or
+//!   both); `len()` is the number of such descriptors;
 //! - the [`Interest`] registered with the poller for a descriptor is always
 //!   [`Slot::interest`] of its entry; [`crate::selector::Selector`] keeps the two in step;
 //! - replaced and removed callbacks are returned to the caller, never dropped here.
 
+use crate::fd_table::FdTable;
 use crate::poller::Interest;
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 
 /// The callbacks of one descriptor.
@@ -51,16 +52,28 @@ pub enum Change {
     None,
 }
 
-/// Map from descriptor to its [`Slot`].
+/// Map from descriptor to its [`Slot`]: an [`FdTable`], an empty slot meaning "not registered".
 #[derive(Debug)]
 pub struct Registry<T> {
-    slots: HashMap<RawFd, Slot<T>>,
+    slots: FdTable<Slot<T>>,
+    /// Descriptors with at least one callback.
+    count: usize,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self {
+            reader: None,
+            writer: None,
+        }
+    }
 }
 
 impl<T> Default for Registry<T> {
     fn default() -> Self {
         Self {
-            slots: HashMap::new(),
+            slots: FdTable::default(),
+            count: 0,
         }
     }
 }
@@ -73,59 +86,47 @@ impl<T> Registry<T> {
 
     /// Number of descriptors with at least one callback.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.count
     }
 
     /// Whether no descriptor is registered.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.count == 0
     }
 
     /// The callbacks of `fd`, if any.
     pub fn get(&self, fd: RawFd) -> Option<&Slot<T>> {
-        self.slots.get(&fd)
+        self.slots
+            .get(fd)
+            .filter(|slot| !slot.interest().is_empty())
     }
 
     /// Sets the `side` callback of `fd`; returns the one it replaces and the poller change.
+    /// A negative `fd` cannot be registered: the item comes back with [`Change::None`].
     pub fn set(&mut self, fd: RawFd, side: Side, item: T) -> (Option<T>, Change) {
-        match self.slots.get_mut(&fd) {
-            Some(slot) => {
-                let before = slot.interest();
-                let old = match side {
-                    Side::Read => slot.reader.replace(item),
-                    Side::Write => slot.writer.replace(item),
-                };
-                let after = slot.interest();
-                (
-                    old,
-                    if before == after {
-                        Change::None
-                    } else {
-                        Change::Modify(after)
-                    },
-                )
-            }
-            None => {
-                let slot = match side {
-                    Side::Read => Slot {
-                        reader: Some(item),
-                        writer: None,
-                    },
-                    Side::Write => Slot {
-                        reader: None,
-                        writer: Some(item),
-                    },
-                };
-                let interest = slot.interest();
-                self.slots.insert(fd, slot);
-                (None, Change::Add(interest))
-            }
-        }
+        let Some(slot) = self.slots.slot(fd) else {
+            return (Some(item), Change::None);
+        };
+        let before = slot.interest();
+        let old = match side {
+            Side::Read => slot.reader.replace(item),
+            Side::Write => slot.writer.replace(item),
+        };
+        let after = slot.interest();
+        let change = if before.is_empty() {
+            self.count += 1;
+            Change::Add(after)
+        } else if before == after {
+            Change::None
+        } else {
+            Change::Modify(after)
+        };
+        (old, change)
     }
 
     /// Removes the `side` callback of `fd`; returns it and the poller change.
     pub fn remove(&mut self, fd: RawFd, side: Side) -> (Option<T>, Change) {
-        let Some(slot) = self.slots.get_mut(&fd) else {
+        let Some(slot) = self.slots.get_mut(fd) else {
             return (None, Change::None);
         };
         let old = match side {
@@ -137,28 +138,38 @@ impl<T> Registry<T> {
         }
         let interest = slot.interest();
         if interest.is_empty() {
-            self.slots.remove(&fd);
+            self.count -= 1;
             (old, Change::Delete)
         } else {
             (old, Change::Modify(interest))
         }
     }
 
-    /// Checks that no descriptor is kept without a callback; panics with a reason if broken.
+    /// Frees the table beyond the highest registered descriptor (see [`FdTable::trim`]).
+    pub fn trim(&mut self) {
+        self.slots.trim(|slot| slot.interest().is_empty());
+    }
+
+    /// Slots allocated (for tests).
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    /// Checks that `len()` counts exactly the descriptors with a callback; panics if not.
     pub fn check_invariants(&self) {
-        for (fd, slot) in &self.slots {
-            assert!(
-                !slot.interest().is_empty(),
-                "fd {fd} is registered with no callback"
-            );
-            assert!(*fd >= 0, "negative fd {fd} in the registry");
-        }
+        let registered = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| !slot.interest().is_empty())
+            .count();
+        assert_eq!(registered, self.count, "count out of step with the slots");
     }
 
     /// Removes every entry (`close()`); the caller drops the callbacks.
     pub fn drain_all(&mut self) -> Vec<T> {
+        self.count = 0;
         let mut out = Vec::new();
-        for (_, slot) in self.slots.drain() {
+        for slot in self.slots.take_all() {
             out.extend(slot.reader);
             out.extend(slot.writer);
         }

@@ -52,6 +52,10 @@ impl<T> Selector<T> {
 
     /// Sets the reader or writer of `fd`; returns the callback it replaced.
     pub fn set(&mut self, fd: RawFd, side: Side, item: T) -> io::Result<Option<T>> {
+        if fd < 0 {
+            // What epoll_ctl would say; the registry has no slot for it.
+            return Err(io::Error::from_raw_os_error(crate::sys::EBADF));
+        }
         let (old, change) = self.registry.set(fd, side, item);
         let applied = match change {
             Change::Add(interest) => self.add_or_modify(fd, interest),
@@ -65,6 +69,7 @@ impl<T> Selector<T> {
                 let _ = self.registry.set(fd, side, old);
             }
             drop(new);
+            self.registry.trim();
             return Err(err);
         }
         Ok(old)
@@ -188,6 +193,14 @@ mod tests {
         let err = sel.set(1_000_000, Side::Read, 1).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         assert!(sel.is_empty());
+        assert!(
+            sel.registry.capacity() < 1000,
+            "the table grown for it is freed"
+        );
+        let err = sel.set(-1, Side::Read, 1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+        assert!(sel.is_empty());
+        sel.check_invariants();
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Invariants:
 //! - [`WriteBuffer::len`] is the number of unsent bytes: the sum of the chunks minus `head`,
 //!   the part of the front chunk already sent;
-//! - no chunk is empty, and `head` is less than the front chunk's length (or 0 when empty);
+//! - no chunk is empty, and `head` is less than the front chunk's length;
+//! - the chunk queue exists exactly while the buffer is not empty;
 //! - bytes leave only through [`WriteBuffer::consume`] (sent) or [`WriteBuffer::clear`]
 //!   (connection lost), in the order they were pushed — nothing accepted is ever dropped while
 //!   the connection lives.
@@ -22,12 +23,22 @@ const COALESCE_LIMIT: usize = 64 * 1024;
 const MAX_SLICES: usize = 64;
 
 /// Unsent bytes of a stream transport, in order.
+///
+/// An empty buffer holds no allocation and takes two words in the transport (most connections
+/// are idle or write only what the socket takes at once); the chunk queue is allocated by the
+/// first `push` and freed when the buffer empties again.
 #[derive(Debug, Default)]
 pub struct WriteBuffer {
+    len: usize,
+    queue: Option<Box<Queue>>,
+}
+
+/// The chunks of a non-empty buffer.
+#[derive(Debug, Default)]
+struct Queue {
     chunks: VecDeque<Vec<u8>>,
     /// Bytes of the front chunk already sent.
     head: usize,
-    len: usize,
 }
 
 impl WriteBuffer {
@@ -51,9 +62,10 @@ impl WriteBuffer {
         if data.is_empty() {
             return;
         }
-        match self.chunks.back_mut() {
+        let chunks = &mut self.queue.get_or_insert_with(Box::default).chunks;
+        match chunks.back_mut() {
             Some(last) if last.len() + data.len() <= COALESCE_LIMIT => last.extend_from_slice(data),
-            _ => self.chunks.push_back(data.to_vec()),
+            _ => chunks.push_back(data.to_vec()),
         }
         self.len += data.len();
     }
@@ -61,39 +73,48 @@ impl WriteBuffer {
     /// Marks the first `n` bytes as sent.
     pub fn consume(&mut self, mut n: usize) {
         assert!(n <= self.len, "consumed more than was buffered");
+        if n == 0 {
+            return;
+        }
         self.len -= n;
+        if self.len == 0 {
+            self.queue = None;
+            return;
+        }
+        let Some(queue) = self.queue.as_mut() else {
+            unreachable!("a non-empty buffer has a queue");
+        };
         while n > 0 {
-            let front_left = self.chunks[0].len() - self.head;
+            let front_left = queue.chunks[0].len() - queue.head;
             if n < front_left {
-                self.head += n;
+                queue.head += n;
                 return;
             }
             n -= front_left;
-            self.chunks.pop_front();
-            self.head = 0;
+            queue.chunks.pop_front();
+            queue.head = 0;
         }
     }
 
     /// Drops every unsent byte (the connection is lost: nothing can be sent any more).
     pub fn clear(&mut self) {
-        self.chunks.clear();
-        self.head = 0;
+        self.queue = None;
         self.len = 0;
     }
 
     /// Sends as much as the socket takes with one gathered `send`, and consumes it.
     /// Returns the bytes sent; `WouldBlock` when the socket is full.
     pub fn send_to(&mut self, fd: RawFd) -> io::Result<usize> {
-        if self.is_empty() {
+        let Some(queue) = self.queue.as_ref() else {
             return Ok(0);
-        }
-        let n = if self.chunks.len() == 1 {
-            sys::send(fd, &self.chunks[0][self.head..])?
+        };
+        let n = if queue.chunks.len() == 1 {
+            sys::send(fd, &queue.chunks[0][queue.head..])?
         } else {
             let mut slices: Vec<IoSlice<'_>> =
-                Vec::with_capacity(self.chunks.len().min(MAX_SLICES));
-            for (i, chunk) in self.chunks.iter().take(MAX_SLICES).enumerate() {
-                let start = if i == 0 { self.head } else { 0 };
+                Vec::with_capacity(queue.chunks.len().min(MAX_SLICES));
+            for (i, chunk) in queue.chunks.iter().take(MAX_SLICES).enumerate() {
+                let start = if i == 0 { queue.head } else { 0 };
                 slices.push(IoSlice::new(&chunk[start..]));
             }
             sys::send_vectored(fd, &slices)?
@@ -104,17 +125,38 @@ impl WriteBuffer {
 
     /// Checks the invariants above; panics with a reason if one is broken.
     pub fn check_invariants(&self) {
-        assert!(self.chunks.iter().all(|c| !c.is_empty()), "empty chunk");
-        let total: usize = self.chunks.iter().map(Vec::len).sum();
+        let Some(queue) = self.queue.as_ref() else {
+            assert_eq!(self.len, 0, "bytes counted without a queue");
+            return;
+        };
+        assert!(self.len > 0, "an empty buffer keeps its queue");
+        assert!(queue.chunks.iter().all(|c| !c.is_empty()), "empty chunk");
+        let total: usize = queue.chunks.iter().map(Vec::len).sum();
         assert_eq!(
-            total - self.head,
+            total - queue.head,
             self.len,
             "len out of step with the chunks"
         );
-        match self.chunks.front() {
-            Some(front) => assert!(self.head < front.len(), "head past the front chunk"),
-            None => assert_eq!(self.head, 0, "head set on an empty buffer"),
-        }
+        let front = queue.chunks.front().expect("a non-empty buffer has chunks");
+        assert!(queue.head < front.len(), "head past the front chunk");
+    }
+
+    /// The unsent bytes, in order (for tests).
+    #[cfg(test)]
+    fn unsent(&self) -> Vec<u8> {
+        self.queue.as_ref().map_or_else(Vec::new, |q| {
+            q.chunks
+                .iter()
+                .enumerate()
+                .flat_map(|(i, c)| c[if i == 0 { q.head } else { 0 }..].to_vec())
+                .collect()
+        })
+    }
+
+    /// Number of chunks (for tests).
+    #[cfg(test)]
+    fn chunk_count(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.chunks.len())
     }
 }
 
@@ -131,9 +173,9 @@ mod tests {
         let mut b = WriteBuffer::new();
         b.push(b"ab");
         b.push(b"cd");
-        assert_eq!(b.chunks.len(), 1);
+        assert_eq!(b.chunk_count(), 1);
         b.push(&vec![0; COALESCE_LIMIT]);
-        assert_eq!(b.chunks.len(), 2);
+        assert_eq!(b.chunk_count(), 2);
         assert_eq!(b.len(), 4 + COALESCE_LIMIT);
         b.check_invariants();
     }
@@ -195,9 +237,7 @@ mod tests {
                 model.drain(..take);
                 b.check_invariants();
                 prop_assert_eq!(b.len(), model.len());
-                let flat: Vec<u8> = b.chunks.iter().enumerate()
-                    .flat_map(|(i, c)| c[if i == 0 { b.head } else { 0 }..].to_vec()).collect();
-                prop_assert_eq!(flat, model.clone());
+                prop_assert_eq!(b.unsent(), model.clone());
             }
         }
     }
