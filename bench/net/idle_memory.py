@@ -1,13 +1,16 @@
 """Memory per idle connection: server RSS growth per accepted, idle TCP connection.
 
-    python3 bench/net/idle_memory.py [--connections N] [--loops ferroloop,asyncio,uvloop,rloop]
+    python3 bench/net/idle_memory.py [--connections N] [--repeat R]
+        [--loops ferroloop,asyncio,uvloop,rloop]
 
 For each loop, a fresh server process (a `create_server` with a minimal echo `Protocol`) accepts
 500 warm-up connections, then N more from a client process; the figure is
 (RSS after - RSS before) / N, measured after a `gc.collect()` once all N protocols saw
 `connection_made`. The client holds its sockets open without sending, so every connection is
 idle. Kernel socket memory is not in the RSS; everything the loop, the transport, the protocol
-and the socket objects cost is.
+and the socket objects cost is. How the allocator's pools happen to fill moves one process's
+figure by up to ~15 %, so each loop is measured R times (fresh processes, interleaved) and the
+median is reported with the range.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import importlib
 import os
 import resource
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -90,23 +94,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=8000)
     parser.add_argument("--loops", default="ferroloop,asyncio,uvloop,rloop")
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.serve:
         serve(opts.serve, opts.connections)
         return
     print(f"## Memory per idle connection ({opts.connections} connections, server RSS)\n")
-    print("| loop | bytes per idle connection |")
-    print("|---|---|")
-    for name in opts.loops.split(","):
-        cmd = [sys.executable, __file__, "--serve", name, "--connections", str(opts.connections)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if out.returncode != 0:
-            reason = out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode
-            figure = f"n/a ({reason})"
-        else:
-            figure = f"{float(out.stdout.split()[-1]):.0f}"
-        print(f"| {name} | {figure} |")
+    names = opts.loops.split(",")
+    figures: dict[str, list[float]] = {name: [] for name in names}
+    errors: dict[str, str] = {}
+    for _ in range(opts.repeat):
+        for name in names:
+            if name in errors:
+                continue
+            cmd = [
+                sys.executable,
+                __file__,
+                "--serve",
+                name,
+                "--connections",
+                str(opts.connections),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if out.returncode != 0:
+                errors[name] = (
+                    out.stderr.strip().splitlines()[-1] if out.stderr else str(out.returncode)
+                )
+            else:
+                figures[name].append(float(out.stdout.split()[-1]))
+    print(f"| loop | bytes per idle connection (median of {opts.repeat}) | range |")
+    print("|---|---|---|")
+    for name in names:
+        if name in errors:
+            print(f"| {name} | n/a ({errors[name]}) | |")
+            continue
+        values = sorted(figures[name])
+        median = statistics.median(values)
+        print(f"| {name} | {median:.0f} | {values[0]:.0f}–{values[-1]:.0f} |")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,13 @@ def _run_stdlib_handle(handle: events.Handle) -> None:
         handle._run()
 
 
+# Connections accepted per readiness of a listening socket, at most. asyncio accepts up to
+# `backlog` (often thousands) in one callback; the rest of a burst waits for the next iteration
+# here (the socket stays readable), so a burst neither holds the loop for long nor piles up
+# thousands of pending callbacks whose memory the allocator keeps afterwards.
+_ACCEPT_BATCH = 128
+
+
 class _TransportMap(weakref.WeakValueDictionary):
     """`loop._transports`, asyncio's map of descriptors to the transports that own them (what
     `_ensure_fd_no_transport` reads, and `_sendfile_native` takes out and puts back). ferroloop's
@@ -213,7 +220,7 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
                 protocol_factory, sock, sslcontext, server, backlog,
                 ssl_handshake_timeout, ssl_shutdown_timeout,
             )  # fmt: skip
-        for _ in range(backlog):
+        for _ in range(min(backlog, _ACCEPT_BATCH)):
             try:
                 conn, addr = sock.accept()
                 if self._debug:
