@@ -201,6 +201,22 @@ impl LoopCore {
         }
     }
 
+    /// Removes `transport`'s entry from `loop._transports` (its connection is lost and its
+    /// socket about to close: the descriptor number may belong to someone else next).
+    pub fn forget_transport(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let old = Self::state(slf, |st| {
+            let slot = st.transports.get_mut(fd)?;
+            slot.take_if(|w| w.bind(py).upgrade().is_some_and(|t| t.is(transport)))
+        })?;
+        drop(old);
+        Ok(())
+    }
+
     /// Queues `handle`; with `wake`, also wakes a loop blocked in the poller.
     fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>, wake: bool) -> PyResult<()> {
         let queued = handle.clone_ref(slf.py());
@@ -696,22 +712,6 @@ impl LoopCore {
         release_all(slf.py(), &handles);
         // Dropping the selector and the waker closes the epoll fd and the eventfd.
         drop((handles, selector, waker, transports));
-        Ok(())
-    }
-
-    /// Removes `transport`'s entry from `loop._transports` (its connection is lost and its
-    /// socket about to close: the descriptor number may belong to someone else next).
-    pub fn forget_transport(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        transport: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let old = Self::state(slf, |st| {
-            let slot = st.transports.get_mut(fd)?;
-            slot.take_if(|w| w.bind(py).upgrade().is_some_and(|t| t.is(transport)))
-        })?;
-        drop(old);
         Ok(())
     }
 
