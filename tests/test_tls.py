@@ -413,6 +413,34 @@ def test_tls_echo_verified(loop, certs, size):
     run_coro(loop, main())
 
 
+def test_tls_runs_over_the_loops_own_transport(loop, certs):
+    """`ssl=` puts asyncio's SSLProtocol on the loop's own socket transport, on both sides
+    (asyncio's `_make_ssl_transport` builds its transport without `_make_socket_transport`)."""
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    made = []
+
+    async def main():
+        server, addr = await _echo_server(loop, server_ctx, made)
+        try:
+            transport, proto = await loop.create_connection(
+                Collector, *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            transport.write(b"x")
+            await proto.received(1)
+            raw = [transport._ssl_protocol._transport, made[0].transport._ssl_protocol._transport]
+            for t in raw:
+                if type(loop).__module__.startswith("ferroloop"):
+                    assert type(t).__module__ == "ferroloop._transports", type(t)
+                else:
+                    assert type(t).__name__ == "_SelectorSocketTransport", type(t)
+            transport.close()
+            assert await proto.lost is None
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
 def test_tls_extra_info(loop, certs):
     server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
 

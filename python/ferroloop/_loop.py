@@ -19,7 +19,7 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import constants, coroutines, events, trsock, unix_events
+from asyncio import constants, coroutines, events, sslproto, trsock, unix_events
 from asyncio.log import logger
 
 from . import _ferroloop, _subprocess
@@ -275,6 +275,32 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
                 if transport is not None:
                     context["transport"] = transport
                 self.call_exception_handler(context)
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
+    ):
+        """asyncio's, over the native transport: `ssl=` on `create_connection`, `create_server`
+        and the Unix variants gets asyncio's `SSLProtocol` on a `SocketTransport` (asyncio
+        builds its own `_SelectorSocketTransport` here rather than calling
+        `_make_socket_transport`)."""
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )  # fmt: skip
+        SocketTransport(self, rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         """The transport of a connected stream socket: native data path (`SocketTransport`)."""
