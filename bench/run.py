@@ -83,8 +83,14 @@ def table(scenarios, loops, available, summary):
         if fl in loops:
             f = fig(fl)
             others = [fig(n) for n in ("uvloop", "rloop") if fig(n) is not None]
-            best = (min if unit == "CPU-ms/s" else max)(others) if others else None
-            row += [ratio(f, fig("uvloop")), ratio(f, fig("rloop")), ratio(f, best)]
+            lower_is_better = unit == "CPU-ms/s"
+            best = (min if lower_is_better else max)(others) if others else None
+
+            def better(other, f=f, lower_is_better=lower_is_better):
+                # Above 1: ferroloop is better, whichever way the unit points.
+                return ratio(other, f) if lower_is_better else ratio(f, other)
+
+            row += [better(fig("uvloop")), better(fig("rloop")), better(best)]
         for name in loops:
             rss = cells.get(name, {}).get("maxrss_mib")
             row.append(f"{rss:.1f}" if rss is not None else "n/a")
