@@ -74,6 +74,10 @@ pub struct LoopState {
     pub transports: FdTable<Option<Py<PyWeakrefReference>>>,
 }
 
+/// Ready callbacks at which a `call_soon_threadsafe` caller on another thread lets the running
+/// loop take the GIL (and again at every multiple).
+const THREADSAFE_BACKLOG: usize = 1024;
+
 /// The native base class of `ferroloop.Loop`.
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
@@ -218,11 +222,12 @@ impl LoopCore {
     }
 
     /// Queues `handle`; with `wake`, also wakes a loop blocked in the poller.
-    fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>, wake: bool) -> PyResult<()> {
+    /// Returns the number of callbacks now waiting in the ready queue.
+    fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>, wake: bool) -> PyResult<usize> {
         let queued = handle.clone_ref(slf.py());
-        let rejected = Self::state(slf, |st| {
+        let outcome = Self::state(slf, |st| {
             if st.closed {
-                return Some(queued);
+                return Err(queued);
             }
             st.ready.push(queued);
             if wake {
@@ -231,15 +236,32 @@ impl LoopCore {
                     let _ = waker.wake();
                 }
             }
-            None
+            Ok(st.ready.len())
         })?;
-        match rejected {
-            Some(handle) => {
-                drop(handle);
-                Err(loop_closed())
-            }
-            None => Ok(()),
+        outcome.map_err(|handle| {
+            drop(handle);
+            loop_closed()
+        })
+    }
+
+    /// Called by `call_soon_threadsafe` once [`THREADSAFE_BACKLOG`] callbacks wait: a thread
+    /// that is that far ahead of the running loop releases the GIL for a moment, so the loop's
+    /// thread (woken, waiting for the GIL) runs them now. Otherwise a producer holds the GIL
+    /// for the interpreter's whole switch interval (5 ms) and queues tens of thousands of
+    /// callbacks, whose memory (a handle and a context each) is then kept by the allocator.
+    fn yield_to_running_loop(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let loop_thread = Self::state(slf, |st| st.thread_id.as_ref().map(|t| t.clone_ref(py)))?;
+        let Some(loop_thread) = loop_thread else {
+            return Ok(()); // not running: nobody would take the callbacks
+        };
+        let loop_thread: std::os::raw::c_ulong = loop_thread.extract(py)?;
+        // SAFETY: a plain query of the calling thread's identifier, with the GIL held.
+        let this_thread = unsafe { pyo3::ffi::PyThread_get_thread_ident() };
+        if this_thread != loop_thread {
+            py.detach(std::thread::yield_now);
         }
+        Ok(())
     }
 
     fn schedule_at(
@@ -415,7 +437,10 @@ impl LoopCore {
         };
         let debug = Self::check_schedule(slf, callback, method, !threadsafe)?;
         let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
-        Self::push_ready(slf, &handle, threadsafe)?;
+        let pending = Self::push_ready(slf, &handle, threadsafe)?;
+        if threadsafe && pending % THREADSAFE_BACKLOG == 0 {
+            Self::yield_to_running_loop(slf)?;
+        }
         Ok(handle.into_any())
     }
 

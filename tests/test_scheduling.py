@@ -600,6 +600,43 @@ def test_call_soon_threadsafe_from_many_threads(loop):
         assert [i for kk, i in received if kk == k] == list(range(per_thread))
 
 
+def test_call_soon_threadsafe_floods_from_threads_while_the_loop_runs(loop):
+    """Producers far ahead of a running loop (tens of thousands of callbacks, more than the
+    backlog at which ferroloop lets the loop's thread take the GIL): every callback runs once,
+    on the loop's thread, in each producer's order."""
+    n_threads, per_thread = 3, 20_000
+    received = []
+    threads_seen = set()
+    loop_thread = []
+
+    def note(item):
+        received.append(item)
+        threads_seen.add(threading.get_ident())
+        if len(received) == n_threads * per_thread:
+            loop.stop()
+
+    def worker(k):
+        for i in range(per_thread):
+            loop.call_soon_threadsafe(note, (k, i))
+
+    def start():
+        loop_thread.append(threading.get_ident())
+        for th in threads:
+            th.start()
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n_threads)]
+    guard = loop.call_later(30, loop.stop)
+    loop.call_soon(start)
+    loop.run_forever()
+    guard.cancel()
+    for th in threads:
+        th.join()
+    assert len(received) == n_threads * per_thread
+    assert threads_seen == set(loop_thread)
+    for k in range(n_threads):
+        assert [i for kk, i in received if kk == k] == list(range(per_thread))
+
+
 def test_call_soon_threadsafe_returns_handle_that_can_be_cancelled(loop, spin):
     calls = []
     h = loop.call_soon_threadsafe(calls.append, 1)
