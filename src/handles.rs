@@ -65,6 +65,9 @@ pub struct Handle {
     /// Runs once (`call_soon`, timers) rather than on every readiness (`add_reader`).
     oneshot: bool,
     invoke: Invoke,
+    /// `context` is the handle's own copy, made by [`context::copy_current_private`] (so it
+    /// must be published before it is shared or released); false for a caller's `context=`.
+    private_context: bool,
 }
 
 /// What running a handle calls.
@@ -123,9 +126,9 @@ impl Handle {
         when: f64,
         counter: Option<CancelCounter>,
     ) -> PyResult<Self> {
-        let context = match new.context {
-            Some(ctx) if !ctx.is_none(py) => ctx,
-            _ => context::copy_current_private(py)?,
+        let (context, private_context) = match new.context {
+            Some(ctx) if !ctx.is_none(py) => (ctx, false),
+            _ => (context::copy_current_private(py)?, true),
         };
         let debug = if new.debug {
             Some(Box::new(DebugInfo {
@@ -149,6 +152,7 @@ impl Handle {
             debug,
             oneshot: new.oneshot,
             invoke: new.invoke,
+            private_context,
         })
     }
 
@@ -322,6 +326,13 @@ impl Handle {
     }
 }
 
+/// Drops a strong reference at once (the caller holds the GIL), not through PyO3's pool.
+fn release_now(obj: Py<PyAny>) {
+    // SAFETY: the GIL is held (see `Handle::drop`); `into_ptr` gives up the reference, so this
+    // is the only decrement.
+    unsafe { pyo3::ffi::Py_DECREF(obj.into_ptr()) };
+}
+
 impl Drop for Handle {
     /// Releases the context and any callback left at once. PyO3 would defer these decrements
     /// to its next entry point when the handle is freed by plain Python code (`del handle`),
@@ -332,19 +343,15 @@ impl Drop for Handle {
         // SAFETY: a `Handle` value is dropped only with the GIL held: by its type's tp_dealloc,
         // or by `Py::new` failing inside a method that holds `py`.
         let py = unsafe { Python::assume_attached() };
-        let payload = self.payload.get_mut().take();
         // SAFETY: `drop` runs once, and `context` is not used after this.
         let context = unsafe { ManuallyDrop::take(&mut self.context) };
-        context::publish(py, &context);
-        let refs = [context.into_ptr()].into_iter().chain(
-            payload
-                .into_iter()
-                .flat_map(|p| [p.callback.into_ptr(), p.args.into_any().into_ptr()]),
-        );
-        for obj in refs {
-            // SAFETY: GIL held; each pointer is a strong reference this handle owned, given up
-            // by `into_ptr` so that nothing else decrements it.
-            unsafe { pyo3::ffi::Py_DECREF(obj) };
+        if self.private_context {
+            context::publish(py, &context);
+        }
+        release_now(context.into_any());
+        if let Some(payload) = self.payload.get_mut().take() {
+            release_now(payload.callback);
+            release_now(payload.args.into_any());
         }
     }
 }
@@ -363,7 +370,9 @@ impl Handle {
 
     /// `Handle.get_context()`.
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        context::publish(py, &self.context);
+        if self.private_context {
+            context::publish(py, &self.context);
+        }
         self.context.clone_ref(py)
     }
 
@@ -386,7 +395,9 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        context::publish(py, &self.context);
+        if self.private_context {
+            context::publish(py, &self.context);
+        }
         self.context.clone_ref(py)
     }
 
