@@ -3,7 +3,9 @@
 //! `PyContext_Exit`).
 //!
 //! A copy made for a handle ([`copy_current_private`]) is taken out of the cyclic GC while only
-//! that handle can reach it. Every scheduled callback copies a context, and thousands of pending
+//! that handle can reach it (for `call_soon`/`call_later` only once many callbacks are pending,
+//! see `UNTRACK_BACKLOG` in `event_loop.rs`; always for readers, which live as long as their
+//! connection). Every scheduled callback copies a context, and thousands of pending
 //! handles (a producer thread ahead of the loop, far-future timers) would otherwise be promoted
 //! through the GC's generations and traversed by every full collection: about half the CPU time
 //! of a `call_soon_threadsafe` benchmark went there.
@@ -19,14 +21,17 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+/// `contextvars.copy_context()`.
+pub fn copy_current(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: called with the GIL held (we have `py`); returns a new reference or NULL with an
+    // exception set, which `from_owned_ptr_or_err` turns into `PyErr`.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
+}
+
 /// `contextvars.copy_context()`, untracked by the GC (see the module's invariant: the caller must
 /// [`publish`] it before sharing or releasing it).
 pub fn copy_current_private(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    // SAFETY: called with the GIL held (we have `py`); returns a new reference or NULL with an
-    // exception set, which `from_owned_ptr_or_err` turns into `PyErr`.
-    let copy = unsafe {
-        Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind)
-    }?;
+    let copy = copy_current(py)?;
     // SAFETY: GIL held; a Context is a GC type, freshly created and tracked; untracking a tracked
     // object is always allowed.
     unsafe { ffi::PyObject_GC_UnTrack(copy.as_ptr().cast()) };

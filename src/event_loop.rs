@@ -78,6 +78,11 @@ pub struct LoopState {
 /// loop take the GIL (and again at every multiple).
 const THREADSAFE_BACKLOG: usize = 1024;
 
+/// Callbacks pending (ready and timers) from which `call_soon`/`call_later` take the new
+/// handle's context copy out of the GC (see `context.rs`). Below it the GC has little to
+/// traverse, and the untrack/re-track pair would cost more than it saves.
+const UNTRACK_BACKLOG: usize = 256;
+
 /// The native base class of `ferroloop.Loop`.
 #[pyclass(frozen, subclass, module = "ferroloop._ferroloop")]
 pub struct LoopCore {
@@ -174,7 +179,21 @@ impl LoopCore {
         method: &str,
         check_thread: bool,
     ) -> PyResult<bool> {
-        let (closed, debug) = Self::state(slf, |st| (st.closed, st.debug))?;
+        Self::check_schedule_backlog(slf, callback, method, check_thread).map(|(debug, _)| debug)
+    }
+
+    /// [`Self::check_schedule`], also returning whether many callbacks are pending (see
+    /// [`UNTRACK_BACKLOG`]).
+    fn check_schedule_backlog(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<(bool, bool)> {
+        let (closed, debug, backlog) = Self::state(slf, |st| {
+            let pending = st.ready.len() + st.timers.len();
+            (st.closed, st.debug, pending >= UNTRACK_BACKLOG)
+        })?;
         if closed {
             return Err(loop_closed());
         }
@@ -186,7 +205,7 @@ impl LoopCore {
         } else {
             check_callable(callback, method)?;
         }
-        Ok(debug)
+        Ok((debug, backlog))
     }
 
     fn new_handle(
@@ -202,6 +221,7 @@ impl LoopCore {
             debug,
             oneshot: true,
             invoke: Invoke::Python,
+            untrack_context: true,
         }
     }
 
@@ -273,11 +293,14 @@ impl LoopCore {
         method: &str,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
-        let debug = Self::check_schedule(slf, callback, method, true)?;
+        let (debug, backlog) = Self::check_schedule_backlog(slf, callback, method, true)?;
         let counter = Self::state(slf, |st| st.timers.cancel_counter().clone())?;
         let (timer, base) = Handle::new_timer(
             py,
-            Self::new_handle(callback, args, context, debug),
+            NewHandle {
+                untrack_context: backlog,
+                ..Self::new_handle(callback, args, context, debug)
+            },
             when,
             counter,
         )?;
@@ -435,8 +458,12 @@ impl LoopCore {
         } else {
             "call_soon"
         };
-        let debug = Self::check_schedule(slf, callback, method, !threadsafe)?;
-        let handle = Handle::new_plain(slf.py(), Self::new_handle(callback, args, context, debug))?;
+        let (debug, backlog) = Self::check_schedule_backlog(slf, callback, method, !threadsafe)?;
+        let new = NewHandle {
+            untrack_context: backlog,
+            ..Self::new_handle(callback, args, context, debug)
+        };
+        let handle = Handle::new_plain(slf.py(), new)?;
         let pending = Self::push_ready(slf, &handle, threadsafe)?;
         if threadsafe && pending % THREADSAFE_BACKLOG == 0 {
             Self::yield_to_running_loop(slf)?;

@@ -102,6 +102,9 @@ pub struct NewHandle {
     /// False for `add_reader`/`add_writer` handles, which run on every readiness.
     pub oneshot: bool,
     pub invoke: Invoke,
+    /// A context copied for the handle is kept out of the GC (worth it when many handles are
+    /// pending, and for long-lived readers).
+    pub untrack_context: bool,
 }
 
 /// A callback that raised: the exception and what was called.
@@ -128,7 +131,8 @@ impl Handle {
     ) -> PyResult<Self> {
         let (context, private_context) = match new.context {
             Some(ctx) if !ctx.is_none(py) => (ctx, false),
-            _ => (context::copy_current_private(py)?, true),
+            _ if new.untrack_context => (context::copy_current_private(py)?, true),
+            _ => (context::copy_current(py)?, false),
         };
         let debug = if new.debug {
             Some(Box::new(DebugInfo {

@@ -7,6 +7,8 @@ import gc
 import os
 import socket
 
+import pytest
+
 BATCHES = 100
 BATCH_SIZE = 10_000  # BATCHES * BATCH_SIZE = one million cycles
 HANDLE_SLACK = 128  # cancelled timers a loop may legitimately keep until its next compaction
@@ -219,7 +221,11 @@ def _make_context_cycle(refs):
     refs.append(weakref.ref(marker))
 
 
-def test_cycle_through_a_handles_context_is_collected(loop):
+@pytest.mark.parametrize("pending", [0, 300], ids=["idle", "backlog"])
+def test_cycle_through_a_handles_context_is_collected(loop, pending):
+    # With hundreds of callbacks pending, ferroloop keeps a new handle's context copy out of the
+    # GC until the handle lets go of it: the cycle must still be found then.
+    far = [loop.call_later(3600, _noop) for _ in range(pending)]
     refs = []
     handles = [
         loop.call_soon(_make_context_cycle, refs),
@@ -234,6 +240,8 @@ def test_cycle_through_a_handles_context_is_collected(loop):
     del handles
     gc.collect()
     assert [ref() for ref in refs] == [None, None]
+    for handle in far:
+        handle.cancel()
 
 
 def test_handle_context_is_tracked_once_handed_out(loop):
