@@ -63,10 +63,10 @@ def _peer(addr):
 
 def _addresses(transport, sock, extra) -> None:
     """What `_SelectorTransport.__init__` takes from the socket at once: the addresses (after a
-    reset the socket no longer knows its peer). They are kept in slots, and `_extra` is made
+    reset the socket no longer knows its peer). They are kept in slots, with the socket itself
+    (for the 'socket' entry, which outlives the connection as in asyncio), and `_extra` is made
     only when asked for (an idle connection pays for no dict); a caller's `extra` with more than
-    the peer address is kept, as asyncio keeps it. The 'socket' entry is made on first use, or
-    before the socket closes (`_fill_extra`)."""
+    the peer address is kept, as asyncio keeps it."""
     try:
         sockname = _shared(sock.getsockname())
     except OSError:
@@ -78,6 +78,7 @@ def _addresses(transport, sock, extra) -> None:
             peername = _peer(sock.getpeername())
         except OSError:
             peername = None
+    transport._socket = sock
     transport._sockname = sockname
     transport._peername = peername
     if extra is not None and extra.keys() - {"peername"}:
@@ -94,7 +95,15 @@ class _NativeTransport(transports._FlowControlMixin, transports.Transport):
     # `_core` (and each subclass's bound write method) are slots, so an idle connection pays
     # for no instance dict (`__dict__` stays available for users who set attributes, as on
     # asyncio's transports).
-    __slots__ = ("_core", "_sockname", "_peername", "_extra_dict", "__dict__", "__weakref__")
+    __slots__ = (
+        "_core",
+        "_socket",
+        "_sockname",
+        "_peername",
+        "_extra_dict",
+        "__dict__",
+        "__weakref__",
+    )
 
     max_size = 256 * 1024  # The most one receive reads (fixed in the core).
 
@@ -157,36 +166,25 @@ class _NativeTransport(transports._FlowControlMixin, transports.Transport):
         self._core._force_close(exc)
 
     def get_extra_info(self, name, default=None):
-        extra = self._extra_dict
-        if extra is None:
+        if self._extra_dict is None:
             if name == "peername":
                 return self._peername
             if name == "sockname":
                 return self._sockname
             if name != "socket":
                 return default
-            extra = self._extra
-        elif name == "socket" and "socket" not in extra:
-            self._fill_extra()
-        return extra.get(name, default)
+        return self._extra.get(name, default)
 
     @property
     def _extra(self) -> dict:
-        """asyncio's `BaseTransport._extra`, made on first use."""
+        """asyncio's `BaseTransport._extra`, with the 'socket' entry `_SelectorTransport`
+        makes, built on first use."""
         extra = self._extra_dict
         if extra is None:
-            extra = {"sockname": self._sockname, "peername": self._peername}
-            self._extra_dict = extra
-            self._fill_extra()
+            extra = self._extra_dict = {"sockname": self._sockname, "peername": self._peername}
+        if "socket" not in extra:
+            extra["socket"] = trsock.TransportSocket(self._socket)
         return extra
-
-    def _fill_extra(self) -> None:
-        # The 'socket' entry asyncio's `_SelectorTransport.__init__` makes; the core calls this
-        # before it closes the socket, so the entry exists afterwards too.
-        sock = self._core._sock
-        extra = self._extra
-        if sock is not None and "socket" not in extra:
-            extra["socket"] = trsock.TransportSocket(sock)
 
     def __repr__(self) -> str:
         core = self._core

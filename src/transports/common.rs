@@ -335,12 +335,7 @@ pub fn force_close<T: Core>(slf: &Bound<'_, T>, exc: &Bound<'_, PyAny>) -> PyRes
 /// go of everything.
 pub fn call_connection_lost<T: Core>(slf: &Bound<'_, T>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = slf.py();
-    // The `extra` entry asyncio makes from the socket (`TransportSocket`) is made before it
-    // closes.
     let transport = transport(slf)?;
-    if !transport.is(slf) {
-        transport.call_method0(intern!(py, "_fill_extra"))?;
-    }
     let (connected, protocol) = with_common(slf, |c| {
         (
             c.protocol_connected,
