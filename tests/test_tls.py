@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from conftest import run_coro
+from conftest import digest as _sha
+from conftest import run_coro, until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -37,21 +38,8 @@ def _payload(n: int, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-def _sha(data) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-async def until(predicate, what: str = "condition", timeout: float = 5.0) -> None:
-    """Poll ``predicate`` while the loop runs; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 async def closed_server(server) -> None:
