@@ -84,9 +84,10 @@ unsafe extern "C" fn free<const K: usize>(obj: *mut c_void) {
 
 /// `tp_dealloc` of a handle type: PyO3's own deallocation of the object, without PyO3's
 /// trampoline around it (which maintains a thread-local attach count and a panic guard; a
-/// handle's drop cannot panic). A `Py` field dropped here while PyO3's attach count is zero (a
-/// handle released by pure Python code) has its decrement deferred to PyO3's pool, which PyO3
-/// drains at its next entry point; handles released by the loop itself are not affected.
+/// handle's drop cannot panic). `Handle`'s `Drop` releases its context, callback and arguments
+/// itself; only a debug-mode creation traceback, dropped here while PyO3's attach count is zero
+/// (a handle released by pure Python code), has its decrement deferred to PyO3's pool, which
+/// PyO3 drains at its next entry point.
 unsafe extern "C" fn dealloc<T: PyClassImpl + pyo3::PyTypeInfo>(obj: *mut ffi::PyObject) {
     // SAFETY: CPython calls tp_dealloc with the GIL held on an object of this type with no
     // references left; untracking first is what tp_dealloc of a GC type must do.

@@ -399,10 +399,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        if self.private_context {
-            context::publish(py, &self.context);
-        }
-        self.context.clone_ref(py)
+        self.get_context(py)
     }
 
     #[getter]
