@@ -22,6 +22,7 @@ mod handles;
 mod py_helpers;
 mod run_once;
 mod sock_ops;
+mod tls;
 mod transports;
 
 use pyo3::prelude::*;
@@ -41,6 +42,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transports::socket::SocketTransportCore>()?;
     m.add_class::<transports::datagram::DatagramTransportCore>()?;
     m.add_function(wrap_pyfunction!(transports::pipe::read_pipe, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::tls_read, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::tls_write, m)?)?;
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
     m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;
     Ok(())

@@ -1,6 +1,7 @@
 """TLS (asyncio's ``sslproto`` over the loop's stream transport) and ``loop.sendfile``.
 
-ferroloop runs asyncio's own ``sslproto.SSLProtocol`` on top of its native socket transport, and
+ferroloop runs asyncio's ``sslproto.SSLProtocol`` (its subclass with a native data pump,
+``ferroloop._tls``) on top of its native socket transport, and
 ``loop.sendfile`` is asyncio's code (``_sendfile_native`` through ``sock_sendfile``, and
 ``_sendfile_fallback``) over that transport; every test also runs on stdlib asyncio, the oracle.
 
@@ -396,6 +397,81 @@ def test_tls_echo_verified(loop, certs, size):
             assert await proto.lost is None
             assert proto.events == ["made", "data", "eof", "lost"]
         finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+async def _rechunking_proxy(loop, target, seed):
+    """A TCP proxy to ``target`` for one connection that forwards each direction in random
+    pieces (1 B to 40 KiB, with pauses), so TLS records reach the other side split anywhere:
+    mid-header, mid-record, several records at once. Returns the server and a future that
+    resolves once the connection has ended on both sides."""
+    rng = random.Random(seed)
+
+    async def pump(reader, writer):
+        try:
+            while data := await reader.read(256 * KiB):
+                while data:
+                    n = rng.choice([1, 5, 7, 300, 4 * KiB, 16 * KiB + 21, 40 * KiB])
+                    writer.write(data[:n])
+                    data = data[n:]
+                    await writer.drain()
+                    if rng.random() < 0.3:
+                        await asyncio.sleep(0.001)
+            writer.write_eof()
+        except ConnectionError:
+            writer.transport.abort()
+
+    async def handle(reader, writer):
+        up_reader, up_writer = await asyncio.open_connection(*target)
+        for w in (writer, up_writer):
+            w.transport.get_extra_info("socket").setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+            )
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        for w in (writer, up_writer):
+            w.close()
+        finished.set_result(None)
+
+    finished = loop.create_future()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, finished
+
+
+def test_tls_records_split_anywhere(loop, certs):
+    """Bulk data and a small tail through a proxy that splits the TLS stream at random points:
+    every byte arrives once and in order both ways, and close_notify still ends the connection
+    (the read pump must neither stall on a partial record nor lose one held by OpenSSL)."""
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    payload = _payload(3 * MiB + 4321, seed=7)
+    tail = b"tail"
+
+    async def main():
+        server, addr = await _echo_server(loop, server_ctx)
+        proxy, proxied = await _rechunking_proxy(loop, addr, seed=11)
+        try:
+            transport, proto = await loop.create_connection(
+                Collector,
+                *proxy.sockets[0].getsockname()[:2],
+                ssl=client_ctx,
+                server_hostname="localhost",
+            )
+            for i in range(0, len(payload), 100 * KiB + 3):
+                transport.write(payload[i : i + 100 * KiB + 3])
+            echoed = await proto.received(len(payload))
+            assert _sha(echoed) == _sha(payload)
+            transport.write(tail)
+            await proto.received(len(payload) + len(tail))
+            assert bytes(proto.data[-len(tail) :]) == tail
+            transport.close()
+            assert await proto.lost is None
+            assert proto.events[-2:] == ["eof", "lost"]
+            assert len(proto.data) == len(payload) + len(tail)
+            await proxied  # the proxy saw both ends close
+        finally:
+            proxy.close()
+            await proxy.wait_closed()
             await closed_server(server)
 
     run_coro(loop, main())

@@ -15,6 +15,8 @@ __all__ = [
     "live_handles",
     "read_pipe",
     "loops_created",
+    "tls_read",
+    "tls_write",
 ]
 
 def live_handles() -> int:
@@ -25,6 +27,12 @@ def read_pipe(fd: int, n: int) -> bytes:
 
 def loops_created() -> int:
     """How many ferroloop loops this process has created."""
+
+def tls_read(sslobj: Any, incoming: Any, max_size: int) -> tuple[bytes | None, bool]:
+    """`SSLProtocol._do_read__copied`'s loop: (decrypted bytes or None, close_notify seen)."""
+
+def tls_write(protocol: Any) -> None:
+    """`SSLProtocol._do_write`'s loop over the protocol's `_write_backlog`."""
 
 @disjoint_base
 class Handle:

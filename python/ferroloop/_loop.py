@@ -19,10 +19,10 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import constants, coroutines, events, sslproto, trsock, unix_events
+from asyncio import constants, coroutines, events, trsock, unix_events
 from asyncio.log import logger
 
-from . import _ferroloop, _subprocess
+from . import _ferroloop, _subprocess, _tls
 from ._transports import (
     DatagramTransport,
     ReadPipeTransport,
@@ -291,10 +291,10 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT,
     ):
         """asyncio's, over the native transport: `ssl=` on `create_connection`, `create_server`
-        and the Unix variants gets asyncio's `SSLProtocol` on a `SocketTransport` (asyncio
-        builds its own `_SelectorSocketTransport` here rather than calling
-        `_make_socket_transport`)."""
-        ssl_protocol = sslproto.SSLProtocol(
+        and the Unix variants gets ferroloop's `SSLProtocol` (asyncio's with a native data pump,
+        `_tls.py`) on a `SocketTransport` (asyncio builds its own `_SelectorSocketTransport`
+        here rather than calling `_make_socket_transport`)."""
+        ssl_protocol = _tls.SSLProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,

@@ -1,0 +1,105 @@
+"""TLS for ferroloop: asyncio's `SSLProtocol` with a leaner data phase.
+
+The state machine (handshake, flushing, shutdown, timeouts, flow control) is asyncio's own,
+inherited unchanged. What changes is the pump of the WRAPPED state, the part that runs once
+per received chunk and once per `write()`:
+
+- reading stops when neither the incoming BIO nor the `SSLObject` holds bytes, instead of
+  calling `SSLObject.read()` until it raises `SSLWantReadError`. Raising that exception costs
+  about as much as decrypting 4 KiB (`_ssl` formats a message and builds an exception object
+  with its attributes), and asyncio's read loop ends with one on every received chunk;
+- the decrypted records of one chunk are joined by the native `_ferroloop.tls_read`, which
+  runs the `SSLObject.read()` loop without going through the interpreter per record.
+
+Invariant (why the early stop is safe): CPython never turns on OpenSSL's read-ahead, so
+OpenSSL takes from the incoming BIO only the record it is working on; bytes that could still
+decrypt to data or to a close_notify are then either in the BIO (`MemoryBIO.pending`) or
+already decrypted (`SSLObject.pending()`). With both at 0 a `read()` can only raise
+`SSLWantReadError`.
+"""
+
+from __future__ import annotations
+
+from asyncio import sslproto
+
+from . import _ferroloop
+
+__all__ = ["SSLProtocol"]
+
+
+_WRAPPED = sslproto.SSLProtocolState.WRAPPED
+_FLUSHING = sslproto.SSLProtocolState.FLUSHING
+
+
+class SSLProtocol(sslproto.SSLProtocol):
+    """`asyncio.sslproto.SSLProtocol` with the native pump (see the module docstring).
+
+    The overrides keep asyncio's order of operations; the flow-control helpers
+    (`_control_app_writing`, `_control_ssl_reading`) are called only when a water mark is
+    crossed, with the same test asyncio makes inside them.
+    """
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._incoming.write(self._ssl_buffer_view[:nbytes])
+        if self._state is _WRAPPED:
+            self._do_read()
+        else:
+            self._after_incoming()
+
+    def _after_incoming(self) -> None:
+        # asyncio's `buffer_updated` after the BIO write, for the states other than WRAPPED.
+        state = self._state
+        if state == sslproto.SSLProtocolState.DO_HANDSHAKE:
+            self._do_handshake()
+        elif state == _FLUSHING:
+            self._do_flush()
+        elif state == sslproto.SSLProtocolState.SHUTDOWN:
+            self._do_shutdown()
+
+    def _do_read(self) -> None:
+        state = self._state
+        if state is not _WRAPPED and state is not _FLUSHING:
+            return
+        try:
+            if not self._app_reading_paused:
+                if self._app_protocol_is_buffer:
+                    self._do_read__buffered()
+                else:
+                    self._do_read__copied()
+                if self._write_backlog:
+                    self._do_write()
+                else:
+                    self._process_outgoing()
+            size = self._incoming.pending
+            paused = self._ssl_reading_paused
+            if (size >= self._incoming_high_water and not paused) or (
+                size <= self._incoming_low_water and paused
+            ):
+                self._control_ssl_reading()
+        except Exception as ex:
+            self._fatal_error(ex, "Fatal error on SSL protocol")
+
+    def _do_read__copied(self) -> None:
+        data, eof = _ferroloop.tls_read(self._sslobj, self._incoming, self.max_size)
+        if data is not None:
+            self._app_protocol.data_received(data)
+        if eof:
+            # close_notify
+            self._call_eof_received()
+            self._start_shutdown()
+
+    def _do_write(self) -> None:
+        _ferroloop.tls_write(self)
+        self._process_outgoing()
+
+    def _process_outgoing(self) -> None:
+        if not self._ssl_writing_paused:
+            data = self._outgoing.read()
+            if data:
+                self._transport.write(data)
+        size = self._outgoing.pending + self._write_buffer_size
+        paused = self._app_writing_paused
+        if (size >= self._outgoing_high_water and not paused) or (
+            size <= self._outgoing_low_water and paused
+        ):
+            self._control_app_writing()

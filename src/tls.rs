@@ -1,0 +1,280 @@
+//! The data pump of ferroloop's `SSLProtocol` (`python/ferroloop/_tls.py`): the loops over
+//! `ssl.SSLObject` that asyncio's `sslproto` runs in Python once per received chunk and once
+//! per write.
+//!
+//! Both functions call the C object behind `ssl.SSLObject` (its `_sslobj`, an
+//! `_ssl._SSLSocket`) directly, skipping the Python wrapper methods of `SSLObject`; an object
+//! without `_sslobj` is used as it is.
+//!
+//! Invariants:
+//! - the results and the exceptions are those of asyncio's loops: `SSLWantReadError` and
+//!   `SSLSyscallError` (asyncio's `SSLAgainErrors`) end a loop quietly, any other exception
+//!   propagates and drops what the loop had gathered, as in asyncio;
+//! - [`tls_read`] stops without calling `read()` once neither the incoming BIO nor the
+//!   `SSLObject` holds bytes (see `_tls.py` for why that is safe), so the common path raises
+//!   no `SSLWantReadError` at all.
+
+use pyo3::exceptions::PyOverflowError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PySlice, PyType};
+
+/// `ssl.SSLWantReadError` and `ssl.SSLSyscallError`: asyncio's `sslproto.SSLAgainErrors`.
+static AGAIN_ERRORS: PyOnceLock<(Py<PyType>, Py<PyType>)> = PyOnceLock::new();
+
+fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
+    let (want_read, syscall) = AGAIN_ERRORS.get_or_try_init(py, || {
+        let ssl = py.import("ssl")?;
+        Ok::<_, PyErr>((
+            ssl.getattr("SSLWantReadError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            ssl.getattr("SSLSyscallError")?
+                .cast_into::<PyType>()?
+                .unbind(),
+        ))
+    })?;
+    Ok(err.is_instance(py, want_read.bind(py)) || err.is_instance(py, syscall.bind(py)))
+}
+
+/// The `_ssl._SSLSocket` behind an `ssl.SSLObject`.
+fn native<'py>(sslobj: &Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+    sslobj
+        .getattr(intern!(sslobj.py(), "_sslobj"))
+        .unwrap_or_else(|_| sslobj.clone())
+}
+
+/// Whether a `read()` could return anything: bytes in the incoming BIO or decrypted ones.
+fn readable(ssl: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(pending(incoming)? > 0 || ssl_pending(ssl)? > 0)
+}
+
+/// `SSLProtocol._do_read__copied`'s loop: reads what `incoming` holds, returns the decrypted
+/// bytes joined (`None` if there were none) and whether the peer's close_notify came.
+///
+/// When the BIOs hold more than one record, the records are decrypted straight into the bytes
+/// object handed to the protocol, sized by what the BIOs hold (ciphertext is longer than its
+/// plaintext), instead of one bytes object per record joined afterwards: that saves a copy of
+/// every byte of a bulk transfer. A single record is returned as `read()` made it.
+#[pyfunction]
+pub fn tls_read<'py>(
+    sslobj: &Bound<'py, PyAny>,
+    incoming: &Bound<'py, PyAny>,
+    max_size: usize,
+) -> PyResult<(Option<Bound<'py, PyBytes>>, bool)> {
+    let py = sslobj.py();
+    let ssl = native(sslobj);
+    let held = pending(incoming)? + ssl_pending(&ssl)?;
+    if held == 0 {
+        return Ok((None, false));
+    }
+    let mut chunks: Vec<Bound<'py, PyBytes>> = Vec::new();
+    let mut more = More::Maybe;
+    if held >= MAX_RECORD {
+        // Several records: decrypt them into one object. OpenSSL may also hold the start of a
+        // record taken from the BIO by an earlier read that then lacked the rest: up to one
+        // record's plaintext more than the BIOs show.
+        let (first, stop) = read_into_new(&ssl, incoming, held + MAX_RECORD)?;
+        chunks.extend(first);
+        more = stop;
+    }
+    // Less than a record's worth, or (TLS 1.2 compression, off by default) more plaintext
+    // than the bound: record by record.
+    while more == More::Maybe && readable(&ssl, incoming)? {
+        match ssl.call_method1(intern!(py, "read"), (max_size,)) {
+            Ok(chunk) => {
+                let chunk = chunk.cast_into::<PyBytes>()?;
+                if chunk.as_bytes().is_empty() {
+                    more = More::Eof;
+                } else {
+                    chunks.push(chunk);
+                }
+            }
+            Err(err) if is_again(py, &err)? => break,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok((join(py, chunks)?, more == More::Eof))
+}
+
+/// `SSLProtocol._do_write`'s loop: encrypts the protocol's `_write_backlog` into its outgoing
+/// BIO and keeps its `_write_buffer_size` up to date, as asyncio's loop does item by item.
+#[pyfunction]
+pub fn tls_write(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = protocol.py();
+    let backlog = protocol.getattr(intern!(py, "_write_backlog"))?;
+    let ssl = native(&protocol.getattr(intern!(py, "_sslobj"))?);
+    let mut size: isize = protocol
+        .getattr(intern!(py, "_write_buffer_size"))?
+        .extract()?;
+    let result = write_backlog(&ssl, &backlog, &mut size);
+    protocol.setattr(intern!(py, "_write_buffer_size"), size)?;
+    result
+}
+
+/// Writes the backlog until it is empty or OpenSSL asks to wait; `size` follows each write.
+fn write_backlog(
+    ssl: &Bound<'_, PyAny>,
+    backlog: &Bound<'_, PyAny>,
+    size: &mut isize,
+) -> PyResult<()> {
+    let py = ssl.py();
+    while backlog.len()? > 0 {
+        let data = backlog.get_item(0)?;
+        let count: isize = match ssl.call_method1(intern!(py, "write"), (&data,)) {
+            Ok(count) => count.extract()?,
+            Err(err) if is_again(py, &err)? => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        let data_len = isize::try_from(data.len()?).unwrap_or(isize::MAX);
+        if count < data_len {
+            let rest = data.get_item(PySlice::new(py, count, data_len, 1))?;
+            backlog.set_item(0, rest)?;
+            *size -= count;
+        } else {
+            backlog.call_method0(intern!(py, "popleft"))?;
+            *size -= data_len;
+        }
+    }
+    Ok(())
+}
+
+/// The largest plaintext of one TLS record (RFC 8446, 5.1).
+const MAX_RECORD: usize = 16 * 1024;
+
+/// Why [`read_into_new`] stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum More {
+    /// Nothing more to read now (`SSLWantReadError`, or both BIOs empty).
+    No,
+    /// The peer's close_notify came.
+    Eof,
+    /// The buffer filled up: there may be more.
+    Maybe,
+}
+
+/// Reads up to `size` decrypted bytes into a new bytes object (`None` if none came).
+fn read_into_new<'py>(
+    ssl: &Bound<'py, PyAny>,
+    incoming: &Bound<'py, PyAny>,
+    size: usize,
+) -> PyResult<(Option<Bound<'py, PyBytes>>, More)> {
+    let py = ssl.py();
+    let mut writer = BytesWriter::new(py, size)?;
+    let mut filled = 0;
+    let more = loop {
+        if filled == size {
+            break More::Maybe;
+        }
+        if filled > 0 && !readable(ssl, incoming)? {
+            break More::No;
+        }
+        let view = writer.view_from(py, filled)?;
+        let result = ssl.call_method1(intern!(py, "read"), (size - filled, &view));
+        // Nothing may use the view once the writer is finished; `read()` keeps no reference,
+        // and a released memoryview refuses every access even if something did.
+        view.call_method0(intern!(py, "release"))?;
+        match result {
+            Ok(count) => match count.extract::<usize>()? {
+                0 => break More::Eof,
+                n => filled += n.min(size - filled),
+            },
+            Err(err) if is_again(py, &err)? => break More::No,
+            Err(err) => return Err(err),
+        }
+    };
+    Ok((writer.finish(py, filled)?, more))
+}
+
+/// A bytes object under construction (CPython's `PyBytesWriter`, through PyO3's
+/// compatibility shim before 3.15): discarded on drop unless finished.
+struct BytesWriter {
+    raw: *mut ffi::compat::PyBytesWriter,
+    size: usize,
+}
+
+impl BytesWriter {
+    fn new(py: Python<'_>, size: usize) -> PyResult<Self> {
+        let len = ffi::Py_ssize_t::try_from(size)
+            .map_err(|_| PyOverflowError::new_err("TLS read buffer too large"))?;
+        // SAFETY: the GIL is held (`py`); the result is a writer or NULL with an exception.
+        let raw = unsafe { ffi::compat::PyBytesWriter_Create(len) };
+        if raw.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        Ok(Self { raw, size })
+    }
+
+    /// A writable memoryview of the writer's bytes from `offset` to the end.
+    fn view_from<'py>(&mut self, py: Python<'py>, offset: usize) -> PyResult<Bound<'py, PyAny>> {
+        let len = self.size - offset;
+        // SAFETY: `raw` is a live writer of `size` bytes (created in `new`, not finished);
+        // `offset < size`, so the range `offset..size` lies inside its buffer, which stays put
+        // until the writer is finished or discarded (the caller releases the view before).
+        let view = unsafe {
+            let data = ffi::compat::PyBytesWriter_GetData(self.raw).cast::<std::os::raw::c_char>();
+            ffi::PyMemoryView_FromMemory(data.add(offset), len as ffi::Py_ssize_t, ffi::PyBUF_WRITE)
+        };
+        // SAFETY: GIL held; `view` is a new reference or NULL with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(py, view) }
+    }
+
+    /// The first `filled` bytes as a bytes object, or `None` if `filled` is 0.
+    fn finish<'py>(
+        mut self,
+        py: Python<'py>,
+        filled: usize,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        if filled == 0 {
+            return Ok(None);
+        }
+        let raw = std::mem::replace(&mut self.raw, std::ptr::null_mut());
+        // SAFETY: `raw` is a live writer, consumed here (set to NULL above so `Drop` skips it);
+        // `filled <= size` bytes of it were written by `read()`. Returns a new reference or
+        // NULL with an exception.
+        let bytes = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::compat::PyBytesWriter_FinishWithSize(raw, filled as ffi::Py_ssize_t),
+            )?
+        };
+        Ok(Some(bytes.cast_into::<PyBytes>()?))
+    }
+}
+
+impl Drop for BytesWriter {
+    fn drop(&mut self) {
+        if !self.raw.is_null() {
+            // SAFETY: a live writer that was not finished; writers only exist while the GIL is
+            // held (they are created and dropped inside `tls_read`).
+            unsafe { ffi::compat::PyBytesWriter_Discard(self.raw) }
+        }
+    }
+}
+
+/// `MemoryBIO.pending`.
+fn pending(bio: &Bound<'_, PyAny>) -> PyResult<usize> {
+    bio.getattr(intern!(bio.py(), "pending"))?.extract()
+}
+
+/// `SSLObject.pending()`: decrypted bytes not read yet.
+fn ssl_pending(ssl: &Bound<'_, PyAny>) -> PyResult<usize> {
+    ssl.call_method0(intern!(ssl.py(), "pending"))?.extract()
+}
+
+/// `b''.join(chunks)`, without a copy for a single chunk; `None` for none.
+fn join<'py>(
+    py: Python<'py>,
+    mut chunks: Vec<Bound<'py, PyBytes>>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    if chunks.len() <= 1 {
+        return Ok(chunks.pop());
+    }
+    let mut parts = Vec::with_capacity(chunks.len());
+    for chunk in &chunks {
+        parts.push(chunk.as_bytes());
+    }
+    Ok(Some(PyBytes::new(py, &parts.concat())))
+}
