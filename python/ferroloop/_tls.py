@@ -20,11 +20,23 @@ already decrypted (`SSLObject.pending()`). With both at 0 a `read()` can only ra
 
 from __future__ import annotations
 
+import threading
 from asyncio import sslproto
 
 from . import _ferroloop
 
 __all__ = ["SSLProtocol"]
+
+
+# The receive buffer of this thread's TLS connections (see `SSLProtocol.get_buffer`).
+_receive = threading.local()
+
+
+def _receive_view() -> memoryview:
+    view = getattr(_receive, "view", None)
+    if view is None:
+        view = _receive.view = memoryview(bytearray(sslproto.SSLProtocol.max_size))
+    return view
 
 
 _WRAPPED = sslproto.SSLProtocolState.WRAPPED
@@ -39,8 +51,23 @@ class SSLProtocol(sslproto.SSLProtocol):
     crossed, with the same test asyncio makes inside them.
     """
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        # asyncio gives every connection its own 256 KiB receive buffer, zeroed at creation
+        # (a quarter of a megabyte written per handshake, and kept for the connection's life).
+        # `max_size` sizes it: 0 while asyncio's __init__ runs, then the class value again.
+        self.max_size = 0
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            del self.max_size
+
+    def get_buffer(self, n: int) -> memoryview:
+        # One buffer per thread serves every connection: a transport fills it and calls
+        # `buffer_updated` right away, which copies it into the connection's incoming BIO.
+        return _receive_view()
+
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(self._ssl_buffer_view[:nbytes])
+        self._incoming.write(_receive_view()[:nbytes])
         if self._state is _WRAPPED:
             self._do_read()
         else:
