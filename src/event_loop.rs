@@ -737,10 +737,7 @@ impl LoopCore {
     /// `_stopping` is reset when it returns, by stop or by exception, as in asyncio.
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let result = loop {
-            if let Err(err) = run_once::run_once(slf) {
-                break Err(err);
-            }
-            match Self::state(slf, |st| st.stopping) {
+            match run_once::run_once_then_stopping(slf) {
                 Ok(true) => break Ok(()),
                 Ok(false) => {}
                 Err(err) => break Err(err),
