@@ -220,7 +220,7 @@ impl Handle {
     /// exception, for the message asyncio puts in the exception handler's context.
     /// With `keep`, a one-shot handle keeps them until [`Handle::finish`] (debug mode formats
     /// the handle after the call).
-    #[inline]
+    #[inline(always)]
     pub fn run(&self, py: Python<'_>, keep: bool) -> Result<(), Failure> {
         let payload = if self.oneshot && !keep {
             self.payload
