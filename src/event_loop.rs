@@ -154,10 +154,17 @@ fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 }
 
 /// `TypeError` for a non-callable, with `_check_callback`'s message.
+#[inline(always)]
 fn check_callable(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
     if callback.is_callable() {
         return Ok(());
     }
+    not_callable(callback, method)
+}
+
+#[cold]
+#[inline(never)]
+fn not_callable(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
     Err(PyTypeError::new_err(format!(
         "a callable object was expected by {method}(), got {}",
         callback.repr()?
@@ -184,6 +191,7 @@ impl LoopCore {
 
     /// [`Self::check_schedule`], also returning whether many callbacks are pending (see
     /// [`UNTRACK_BACKLOG`]).
+    #[inline(always)]
     fn check_schedule_backlog(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
@@ -243,6 +251,7 @@ impl LoopCore {
 
     /// Queues `handle`; with `wake`, also wakes a loop blocked in the poller.
     /// Returns the number of callbacks now waiting in the ready queue.
+    #[inline(always)]
     fn push_ready(slf: &Bound<'_, Self>, handle: &Py<Handle>, wake: bool) -> PyResult<usize> {
         let queued = handle.clone_ref(slf.py());
         let outcome = Self::state(slf, |st| {
@@ -426,7 +435,7 @@ impl LoopCore {
     /// `loop.call_soon(callback, *args, context=None)`.
     pub fn call_soon_impl(
         slf: &Bound<'_, Self>,
-        fixed: &Fixed<'_>,
+        fixed: &Fixed<'_, '_>,
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
@@ -438,7 +447,7 @@ impl LoopCore {
     /// the handle goes straight into the ready queue, in order, as in asyncio.
     pub fn call_soon_threadsafe_impl(
         slf: &Bound<'_, Self>,
-        fixed: &Fixed<'_>,
+        fixed: &Fixed<'_, '_>,
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
@@ -446,6 +455,7 @@ impl LoopCore {
     }
 
     /// Both `call_soon` flavours; the threadsafe one skips the debug thread check and wakes.
+    #[inline(always)]
     fn soon(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
@@ -474,7 +484,7 @@ impl LoopCore {
     /// `loop.call_later(delay, callback, *args, context=None)`.
     pub fn call_later_impl(
         slf: &Bound<'_, Self>,
-        fixed: &Fixed<'_>,
+        fixed: &Fixed<'_, '_>,
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
@@ -489,7 +499,7 @@ impl LoopCore {
     /// `loop.call_at(when, callback, *args, context=None)`.
     pub fn call_at_impl(
         slf: &Bound<'_, Self>,
-        fixed: &Fixed<'_>,
+        fixed: &Fixed<'_, '_>,
         args: &Bound<'_, PyTuple>,
         context: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
@@ -737,10 +747,7 @@ impl LoopCore {
     /// `_stopping` is reset when it returns, by stop or by exception, as in asyncio.
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let result = loop {
-            if let Err(err) = run_once::run_once(slf) {
-                break Err(err);
-            }
-            match Self::state(slf, |st| st.stopping) {
+            match run_once::run_once_then_stopping(slf) {
                 Ok(true) => break Ok(()),
                 Ok(false) => {}
                 Err(err) => break Err(err),

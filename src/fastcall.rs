@@ -28,22 +28,24 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub const MAX_FIXED: usize = 2;
 
 /// The parameters before `*args`; the first `fixed.len()` of the entry are always `Some`.
-pub type Fixed<'py> = [Option<Bound<'py, PyAny>>; MAX_FIXED];
+/// Borrowed from the caller's argument array for the call (no reference counting).
+pub type Fixed<'a, 'py> = [Option<Borrowed<'a, 'py, PyAny>>; MAX_FIXED];
 
 /// The Rust implementation behind an entry: `(loop, fixed args, *args, context)`.
-type Impl = for<'py> fn(
+type Impl = for<'a, 'py> fn(
     &Bound<'py, LoopCore>,
-    &Fixed<'py>,
+    &Fixed<'a, 'py>,
     &Bound<'py, PyTuple>,
     Option<Py<PyAny>>,
 ) -> PyResult<Py<PyAny>>;
 
 /// Fixed parameter `i`, which the parser guarantees is present.
-pub fn fixed_arg<'a, 'py>(fixed: &'a Fixed<'py>, i: usize) -> PyResult<&'a Bound<'py, PyAny>> {
-    fixed
-        .get(i)
-        .and_then(Option::as_ref)
-        .ok_or_else(|| PySystemError::new_err("ferroloop: missing fixed argument"))
+#[inline]
+pub fn fixed_arg<'b, 'py>(fixed: &'b Fixed<'_, 'py>, i: usize) -> PyResult<&'b Bound<'py, PyAny>> {
+    match fixed.get(i) {
+        Some(Some(arg)) => Ok(arg),
+        _ => Err(PySystemError::new_err("ferroloop: missing fixed argument")),
+    }
 }
 
 /// One method: its name, docstring, fixed parameters and implementation.
@@ -174,11 +176,11 @@ unsafe fn parse_and_run(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Py<PyAny>> {
-    // SAFETY: `slf` is a live borrowed reference (the caller's contract), and the method
-    // descriptor these entries are installed as checks that it is an instance of `LoopCore`
-    // (a subclass included) before calling.
-    let slf = unsafe { Bound::from_borrowed_ptr(py, slf).cast_into_unchecked::<LoopCore>() };
-    let slf = &slf;
+    // SAFETY: `slf` is a live borrowed reference for the call (the caller's contract), and the
+    // method descriptor these entries are installed as checks that it is an instance of
+    // `LoopCore` (a subclass included) before calling.
+    let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<LoopCore>() };
+    let slf: &Bound<'_, LoopCore> = &slf;
     // SAFETY: PyVectorcall_NARGS only masks a flag bit off an integer.
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
     let nkw = if kwnames.is_null() {
@@ -190,10 +192,10 @@ unsafe fn parse_and_run(
     // SAFETY: forwarded from this function's contract.
     let (positional, kwvalues) = unsafe { arg_slices(args, nargs, nkw) };
     // SAFETY: every pointer in the slices is a live borrowed reference for this call.
-    let borrow = |p: *mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, p) };
+    let borrow = |p: *mut ffi::PyObject| unsafe { Borrowed::from_ptr(py, p) };
 
     let nfixed = entry.fixed.len();
-    let mut fixed: Fixed<'_> = [None, None];
+    let mut fixed: Fixed<'_, '_> = [None, None];
     for (slot, &p) in fixed.iter_mut().zip(positional.iter().take(nfixed)) {
         *slot = Some(borrow(p));
     }
@@ -209,10 +211,10 @@ unsafe fn parse_and_run(
             unsafe { ffi::PyUnicode_CompareWithASCIIString(key, c"context".as_ptr()) == 0 }
         };
         if is_context {
-            context = Some(borrow(value).unbind());
+            context = Some(borrow(value).to_owned().unbind());
             continue;
         }
-        let key = borrow(key).cast_into::<PyString>()?;
+        let key = borrow(key).to_owned().cast_into::<PyString>()?;
         let key = key.to_str()?;
         match entry.fixed.iter().position(|f| *f == key) {
             Some(slot) if fixed[slot].is_none() => fixed[slot] = Some(borrow(value)),
@@ -242,7 +244,7 @@ unsafe fn parse_and_run(
 }
 
 /// Python's `TypeError` for missing positional arguments.
-fn missing_arguments(entry: &Entry, fixed: &Fixed<'_>) -> PyErr {
+fn missing_arguments(entry: &Entry, fixed: &Fixed<'_, '_>) -> PyErr {
     let missing: Vec<String> = entry
         .fixed
         .iter()

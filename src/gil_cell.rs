@@ -48,7 +48,7 @@ impl<T> GilCell<T> {
     }
 
     /// Runs `f` with exclusive access to the value.
-    #[inline]
+    #[inline(always)]
     pub fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> PyResult<R> {
         if self.busy.replace(true) {
             return Err(PyRuntimeError::new_err(

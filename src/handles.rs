@@ -123,6 +123,7 @@ fn untrack(obj: &Bound<'_, PyAny>) {
 }
 
 impl Handle {
+    #[inline(always)]
     fn build(
         py: Python<'_>,
         new: NewHandle,
@@ -161,6 +162,7 @@ impl Handle {
     }
 
     /// A plain handle (`call_soon`, `add_reader`).
+    #[inline]
     pub fn new_plain(py: Python<'_>, new: NewHandle) -> PyResult<Py<Handle>> {
         let handle = Py::new(py, Self::build(py, new, f64::NAN, None)?)?;
         untrack(handle.bind(py).as_any());
@@ -218,7 +220,7 @@ impl Handle {
     /// exception, for the message asyncio puts in the exception handler's context.
     /// With `keep`, a one-shot handle keeps them until [`Handle::finish`] (debug mode formats
     /// the handle after the call).
-    #[inline]
+    #[inline(always)]
     pub fn run(&self, py: Python<'_>, keep: bool) -> Result<(), Failure> {
         let payload = if self.oneshot && !keep {
             self.payload
