@@ -8,8 +8,13 @@ per received chunk and once per `write()`:
   calling `SSLObject.read()` until it raises `SSLWantReadError`. Raising that exception costs
   about as much as decrypting 4 KiB (`_ssl` formats a message and builds an exception object
   with its attributes), and asyncio's read loop ends with one on every received chunk;
-- the decrypted records of one chunk are joined by the native `_ferroloop.tls_read`, which
-  runs the `SSLObject.read()` loop without going through the interpreter per record.
+- the native `_ferroloop.tls_read` runs the `SSLObject.read()` loop: several records are
+  decrypted straight into the one bytes object handed to `data_received`, and a single record
+  is read with a 16 KiB request instead of `max_size` (256 KiB), which glibc would serve with
+  an mmap, an mremap and an munmap per read;
+- `_ferroloop.tls_write` encrypts the write backlog in one call;
+- every connection of a loop receives into one shared buffer instead of its own zeroed 256 KiB
+  (see `SSLProtocol.__init__`); `start_tls` keeps asyncio's class, which it builds itself.
 
 Invariant (why the early stop is safe): CPython never turns on OpenSSL's read-ahead, so
 OpenSSL takes from the incoming BIO only the record it is working on; bytes that could still
@@ -20,7 +25,6 @@ already decrypted (`SSLObject.pending()`). With both at 0 a `read()` can only ra
 
 from __future__ import annotations
 
-import threading
 from asyncio import sslproto
 
 from . import _ferroloop
@@ -28,15 +32,13 @@ from . import _ferroloop
 __all__ = ["SSLProtocol"]
 
 
-# The receive buffer of this thread's TLS connections (see `SSLProtocol.get_buffer`).
-_receive = threading.local()
-
-
-def _receive_view() -> memoryview:
-    view = getattr(_receive, "view", None)
-    if view is None:
-        view = _receive.view = memoryview(bytearray(sslproto.SSLProtocol.max_size))
-    return view
+def _receive_buffer(loop: object) -> bytearray:
+    """The receive buffer all of `loop`'s TLS connections share (see `SSLProtocol.__init__`)."""
+    buffer = getattr(loop, "_tls_receive_buffer", None)
+    if buffer is None:
+        buffer = bytearray(sslproto.SSLProtocol.max_size)
+        loop._tls_receive_buffer = buffer  # type: ignore[attr-defined]
+    return buffer
 
 
 _WRAPPED = sslproto.SSLProtocolState.WRAPPED
@@ -51,23 +53,23 @@ class SSLProtocol(sslproto.SSLProtocol):
     crossed, with the same test asyncio makes inside them.
     """
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, loop: object, *args: object, **kwargs: object) -> None:
         # asyncio gives every connection its own 256 KiB receive buffer, zeroed at creation
         # (a quarter of a megabyte written per handshake, and kept for the connection's life).
         # `max_size` sizes it: 0 while asyncio's __init__ runs, then the class value again.
         self.max_size = 0
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(loop, *args, **kwargs)
         finally:
             del self.max_size
-
-    def get_buffer(self, n: int) -> memoryview:
-        # One buffer per thread serves every connection: a transport fills it and calls
-        # `buffer_updated` right away, which copies it into the connection's incoming BIO.
-        return _receive_view()
+        # One buffer per loop serves all its connections instead: a transport fills what
+        # `get_buffer` returns and calls `buffer_updated` right away, which copies it into the
+        # connection's incoming BIO; a loop runs one callback at a time.
+        self._ssl_buffer = _receive_buffer(loop)
+        self._ssl_buffer_view = memoryview(self._ssl_buffer)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(_receive_view()[:nbytes])
+        self._incoming.write(self._ssl_buffer_view[:nbytes])
         if self._state is _WRAPPED:
             self._do_read()
         else:
@@ -114,6 +116,18 @@ class SSLProtocol(sslproto.SSLProtocol):
             # close_notify
             self._call_eof_received()
             self._start_shutdown()
+
+    def _write_appdata(self, list_of_data: object) -> None:
+        if self._state is not _WRAPPED:
+            super()._write_appdata(list_of_data)
+            return
+        for data in list_of_data:  # type: ignore[attr-defined]
+            self._write_backlog.append(data)
+            self._write_buffer_size += len(data)
+        try:
+            self._do_write()
+        except Exception as ex:
+            self._fatal_error(ex, "Fatal error on SSL protocol")
 
     def _do_write(self) -> None:
         _ferroloop.tls_write(self)
