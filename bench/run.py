@@ -1,7 +1,8 @@
 """Side-by-side event-loop benchmark: ferroloop vs asyncio, uvloop and rloop.
 
 Every (loop, scenario) measurement runs in a fresh subprocess (bench/_child.py) pinned to
-one core; loops are interleaved within each repetition and the median is reported.
+one core; loops are interleaved within each repetition. The table gives each loop's median
+figure, and ferroloop's ratios as the median of per-repetition ratios (see `paired_ratio`).
 
     python3 bench/run.py [--quick] [--loops ferroloop,asyncio,uvloop,rloop]
                          [--scenarios a,b,...] [--repeat N] [--core N]
@@ -59,12 +60,27 @@ def fmt_fig(value, unit):
     return f"{value:.0f}"
 
 
-def ratio(a, b):
-    return f"{a / b:.2f}x" if a is not None and b else "n/a"
+def paired_ratio(mine, others, lower_is_better):
+    """Median over the repetitions of ferroloop's figure against the best of `others` in the
+    same repetition, oriented so that above 1 means ferroloop is better; None without a pair.
+
+    The loops of one repetition run back to back, so they share the machine's state; on a
+    shared machine whose speed shifts between phases, the ratio of two medians taken
+    separately can set one loop's fast phase against another's slow one."""
+    pairs = []
+    for rep, f in enumerate(mine):
+        theirs = [o[rep] for o in others if rep < len(o) and o[rep] is not None]
+        if f is None or not f or not theirs:
+            continue
+        if lower_is_better:
+            pairs.append(min(theirs) / f)
+        else:
+            pairs.append(f / max(theirs))
+    return statistics.median(pairs) if pairs else None
 
 
 def table(scenarios, loops, available, summary):
-    """Markdown table: figures, ferroloop ratios, peak RSS."""
+    """Markdown table: figures (medians), ferroloop's paired ratios, peak RSS."""
     fl = "ferroloop"
     head = ["scenario", "unit"] + loops
     if fl in loops:
@@ -78,19 +94,22 @@ def table(scenarios, loops, available, summary):
         def fig(name, cells=cells):
             return cells[name]["median"] if name in cells else None
 
+        def by_rep(name, cells=cells):
+            return cells[name]["by_rep"] if name in cells and fig(name) is not None else []
+
         row = [scenario, unit]
         row += [fmt_fig(fig(n), unit) if n in available else "n/a" for n in loops]
         if fl in loops:
-            f = fig(fl)
-            others = [fig(n) for n in ("uvloop", "rloop") if fig(n) is not None]
             lower_is_better = unit == "CPU-ms/s"
-            best = (min if lower_is_better else max)(others) if others else None
+            mine = by_rep(fl) if fig(fl) is not None else []
 
-            def better(other, f=f, lower_is_better=lower_is_better):
+            def better(*names, mine=mine, lower_is_better=lower_is_better):
                 # Above 1: ferroloop is better, whichever way the unit points.
-                return ratio(other, f) if lower_is_better else ratio(f, other)
+                others = [by_rep(n) for n in names if by_rep(n)]
+                r = paired_ratio(mine, others, lower_is_better) if others else None
+                return f"{r:.2f}x" if r is not None else "n/a"
 
-            row += [better(fig("uvloop")), better(fig("rloop")), better(best)]
+            row += [better("uvloop"), better("rloop"), better("uvloop", "rloop")]
         for name in loops:
             rss = cells.get(name, {}).get("maxrss_mib")
             row.append(f"{rss:.1f}" if rss is not None else "n/a")
@@ -135,6 +154,7 @@ def main(argv=None):
         if args.quick and scenario not in UNSCALED:
             n = max(1, int(n * QUICK_SCALE))
         figs = {name: [] for name in available}
+        by_rep = {name: [None] * args.repeat for name in available}
         rss = {name: [] for name in available}
         failed = set()
         for rep in range(args.repeat):
@@ -158,6 +178,7 @@ def main(argv=None):
                     print(f"  {scenario} {name} rep {rep}: ERROR {err}", file=log)
                     continue
                 figs[name].append(figure(result))
+                by_rep[name][rep] = figs[name][-1]
                 rss[name].append(result["maxrss_mib"])
         summary[scenario] = {}
         for name in available:
@@ -165,6 +186,7 @@ def main(argv=None):
             summary[scenario][name] = {
                 "median": statistics.median(figs[name]) if ok else None,
                 "figures": figs[name],
+                "by_rep": by_rep[name],
                 "maxrss_mib": statistics.median(rss[name]) if rss[name] else None,
                 "n": n,
                 "unit": unit,
