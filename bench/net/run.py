@@ -5,7 +5,8 @@ pure-Rust echo server as the ceiling.
 Every measurement starts a fresh server process pinned to one core (servers.py, or the
 rust-echo binary) and a separate load generator process pinned to another core (load.py:
 N connections doing request/response round trips); it reports round trips per second and
-per server CPU-second. Loops are interleaved within each repetition; medians are reported.
+per server CPU-second. Loops are interleaved within each repetition; figures are medians,
+ferroloop's ratios medians of per-repetition ratios (`paired_ratio`).
 
     python3 bench/net/run.py [--quick] [--loops ferroloop,asyncio,uvloop,rloop,rust]
         [--styles sock,streams,protocol,http,udp] [--sizes 1k,10k,100k]
@@ -287,6 +288,7 @@ def summarize(rows, runs, servers):
                 "status": "ok",
                 "rps": statistics.median(r["requests"] / r["wall"] for r in mine),
                 "per_cpu": statistics.median(r["requests"] / r["server_cpu"] for r in mine),
+                "by_rep": per_rep(mine),
                 "server_util": statistics.median(r["server_cpu"] / r["wall"] for r in mine),
                 "load_util": max(r["load_cpu"] / r["wall"] for r in mine),
                 "stderr": any(r.get("server_stderr") for r in mine),
@@ -320,11 +322,27 @@ def cell(c, key, mark_load=False):
     return text
 
 
-def ratio(cells, a, b):
-    ca, cb = cells.get(a), cells.get(b)
+def per_rep(runs):
+    """{repetition: round trips per server CPU-second} of one cell's runs."""
+    return {r["rep"]: r["requests"] / r["server_cpu"] for r in runs}
+
+
+def paired_ratio(ca, cb):
+    """`a` over `b` in round trips per server CPU-second: the median of the ratios within each
+    repetition (the servers of one repetition run back to back, so they share the machine's
+    state; the ratio of two separately taken medians can set one server's fast phase against
+    the other's slow one). None unless both cells are ok."""
     if not (ca and cb and ca["status"] == cb["status"] == "ok"):
-        return "n/a"
-    return f"{ca['per_cpu'] / cb['per_cpu']:.2f}"
+        return None
+    common = sorted(set(ca["by_rep"]) & set(cb["by_rep"]))
+    if not common:
+        return ca["per_cpu"] / cb["per_cpu"]
+    return statistics.median(ca["by_rep"][k] / cb["by_rep"][k] for k in common)
+
+
+def ratio(cells, a, b):
+    r = paired_ratio(cells.get(a), cells.get(b))
+    return "n/a" if r is None else f"{r:.2f}"
 
 
 def tables(rows, summary, servers):

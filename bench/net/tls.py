@@ -4,7 +4,7 @@ uvloop and rloop, measured per server CPU-second; plus the full-handshake rate.
 Same method as run.py: every measurement starts a fresh server process pinned to one core
 and a separate load generator pinned to another; the server's CPU time is read from
 /proc/PID/stat (utime + stime, all threads); loops are interleaved (order rotated) within
-each repetition and the tables show medians.
+each repetition and the tables show medians (ratios: medians of per-repetition ratios).
 
     python3 bench/net/tls.py --quick    # 2 repetitions, 0.3 s + 0.7 s windows: ~40 s
     python3 bench/net/tls.py            # 5 repetitions, 0.4 s + 1.5 s windows: ~2.5 min
@@ -53,7 +53,16 @@ BENCH = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from load import CLK_TCK, proc_cpu  # noqa: E402
-from run import LOAD_BOUND, READY_TIMEOUT, fmt, machine, parse_size, size_label  # noqa: E402
+from run import (  # noqa: E402
+    LOAD_BOUND,
+    READY_TIMEOUT,
+    fmt,
+    machine,
+    paired_ratio,
+    parse_size,
+    per_rep,
+    size_label,
+)
 from servers import QUIET, make_loop, set_nodelay  # noqa: E402
 
 LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop"]
@@ -519,6 +528,7 @@ def summarize(rows, runs, loops):
                 "rps": statistics.median(r["requests"] / r["wall"] for r in mine),
                 "mbps": statistics.median(r["requests"] * size / r["wall"] / 1e6 for r in mine),
                 "per_cpu": statistics.median(r["requests"] / r["server_cpu"] for r in mine),
+                "by_rep": per_rep(mine),
                 "server_util": statistics.median(r["server_cpu"] / r["wall"] for r in mine),
                 "load_util": max(r["load_cpu"] / r["wall"] for r in mine),
                 "other_util": statistics.median(r["other_cpu"] / r["wall"] for r in mine),
@@ -539,10 +549,7 @@ def status_text(c):
 
 
 def ratio(cells, a, b):
-    ca, cb = cells.get(a), cells.get(b)
-    if not (ca and cb and ca["status"] == cb["status"] == "ok"):
-        return None
-    return ca["per_cpu"] / cb["per_cpu"]
+    return paired_ratio(cells.get(a), cells.get(b))
 
 
 def tables(rows, summary, loops):
