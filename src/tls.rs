@@ -81,10 +81,10 @@ pub fn tls_read<'py>(
         more = stop;
     }
     // Less than a record's worth, or (TLS 1.2 compression, off by default) more plaintext
-    // than the bound: record by record.
-    // One read returns one record's plaintext at most. Asking for no more than that keeps the
-    // bytes object `_ssl` allocates (then shrinks) on the heap: asking for `max_size` (256 KiB)
-    // costs an mmap, an mremap and an munmap per read with glibc.
+    // than the bound: record by record. One read returns one record's plaintext at most, so
+    // it asks for no more than that: the bytes object `_ssl` allocates (then shrinks) stays on
+    // the heap, where a `max_size` (256 KiB) request costs an mmap, an mremap and an munmap per
+    // read with glibc.
     let record_size = max_size.min(MAX_RECORD);
     while more == More::Maybe && readable(&ssl, incoming)? {
         match ssl.call_method1(intern!(py, "read"), (record_size,)) {
