@@ -11,6 +11,9 @@
 //!    `KeyboardInterrupt`/`SystemExit` leave the iteration; the unrun rest of the batch goes
 //!    back to the front of the queue.
 //!
+//! With no timer, no registered descriptor and a callback ready (or the loop stopping), phases
+//! 1–4 have nothing to do: one state entry takes the batch (`run_once_then_stopping`).
+//!
 //! The loop state is entered only between Python calls; handles that leave it (dropped timers,
 //! stale readers) are dropped after it is released.
 
