@@ -77,6 +77,23 @@ def pin(core):
     return lambda: os.sched_setaffinity(0, {core})
 
 
+def launch(cmd, core, errfile):
+    """Start a server process pinned to `core`; return (process, what its READY line gave:
+    a port or a path) or raise NotAvailable (SETUP-ERROR) / Failed."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, preexec_fn=pin(core)
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
+    line = proc.stdout.readline().strip() if ready else ""
+    if line.startswith("READY "):
+        return proc, line.split(" ", 1)[1]
+    proc.kill()
+    proc.wait()
+    if line.startswith("SETUP-ERROR "):
+        raise NotAvailable(line.split(" ", 1)[1])
+    raise Failed(f"server did not start ({line or 'no READY line'}; exit {proc.returncode})")
+
+
 def start_server(server, style, transport, addr, core, errfile):
     """Start a server; return (process, address for the load generator) or raise NA/Err."""
     if server == "rust":
@@ -87,19 +104,8 @@ def start_server(server, style, transport, addr, core, errfile):
         cmd += ["--http"] * (style == "http")
     else:
         cmd = [sys.executable, SERVERS, server, style, transport, addr, str(core)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=errfile, text=True, preexec_fn=pin(core)
-    )
-    ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
-    line = proc.stdout.readline().strip() if ready else ""
-    if line.startswith("READY "):
-        value = line.split(" ", 1)[1]
-        return proc, (f"{addr}:{value}" if transport in ("tcp", "udp") else value)
-    proc.kill()
-    proc.wait()
-    if line.startswith("SETUP-ERROR "):
-        raise NotAvailable(line.split(" ", 1)[1])
-    raise Failed(f"server did not start ({line or 'no READY line'}; exit {proc.returncode})")
+    proc, value = launch(cmd, core, errfile)
+    return proc, (f"{addr}:{value}" if transport in ("tcp", "udp") else value)
 
 
 class NotAvailable(Exception):
@@ -110,18 +116,16 @@ class Failed(Exception):
     """The run failed: wrong bytes, stall, crash, timeout."""
 
 
-def measure(server, style, transport, size, opts, tmpdir):
-    """One (server, scenario) measurement: a dict with the figures, or status na/err."""
-    inet = transport in ("tcp", "udp")
-    addr = "127.0.0.1" if inet else os.path.join(tmpdir, f"{server}-{style}.sock")
-    mode = "http" if style == "http" else str(size)
+def run_against(start, load_args, timeout):
+    """One measurement: `start(errfile)` starts a server and returns (process, target);
+    `load_args(process, target)` gives the load generator's command line, which must print its
+    result as a JSON line within `timeout` seconds. Returns that result with status ok, or
+    {status: na/err, error}; `server_stderr` holds what the server wrote to stderr."""
     with tempfile.TemporaryFile(mode="w+") as errfile:
         proc = None
         try:
-            proc, target = start_server(server, style, transport, addr, opts.server_core, errfile)
-            cmd = [sys.executable, LOAD, transport, target, mode, str(opts.connections)]
-            cmd += [str(opts.warmup), str(opts.duration), str(proc.pid), str(opts.load_core)]
-            timeout = opts.warmup + opts.duration + 30
+            proc, target = start(errfile)
+            cmd = load_args(proc, target)
             try:
                 load = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -131,7 +135,7 @@ def measure(server, style, transport, size, opts, tmpdir):
                 tail = (load.stderr.strip().splitlines() or [f"exit {load.returncode}"])[-1]
                 raise Failed(f"load generator failed: {tail}")
             result = json.loads(lines[-1])
-            if "error" in result:
+            if "error" in result:  # e.g. wrong bytes, a stall, a failed TLS handshake
                 raise Failed(result["error"])
             time.sleep(0.05)  # let the server see the connections close
             if proc.poll() is not None:
@@ -151,10 +155,27 @@ def measure(server, style, transport, size, opts, tmpdir):
                     proc.wait()
             errfile.seek(0)
             stderr = errfile.read().strip()
-    if not inet and os.path.exists(addr):
-        os.unlink(addr)
     if stderr and result["status"] != "na":
         result["server_stderr"] = stderr[-4000:]
+    return result
+
+
+def measure(server, style, transport, size, opts, tmpdir):
+    """One (server, scenario) measurement: a dict with the figures, or status na/err."""
+    inet = transport in ("tcp", "udp")
+    addr = "127.0.0.1" if inet else os.path.join(tmpdir, f"{server}-{style}.sock")
+    mode = "http" if style == "http" else str(size)
+
+    def start(errfile):
+        return start_server(server, style, transport, addr, opts.server_core, errfile)
+
+    def load_args(proc, target):
+        cmd = [sys.executable, LOAD, transport, target, mode, str(opts.connections)]
+        return cmd + [str(opts.warmup), str(opts.duration), str(proc.pid), str(opts.load_core)]
+
+    result = run_against(start, load_args, opts.warmup + opts.duration + 30)
+    if not inet and os.path.exists(addr):
+        os.unlink(addr)
     return result
 
 

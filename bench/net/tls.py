@@ -44,7 +44,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
@@ -55,12 +54,13 @@ sys.path.insert(0, HERE)
 from load import CLK_TCK, proc_cpu  # noqa: E402
 from run import (  # noqa: E402
     LOAD_BOUND,
-    READY_TIMEOUT,
     fmt,
+    launch,
     machine,
     paired_ratio,
     parse_size,
     per_rep,
+    run_against,
     size_label,
 )
 from servers import QUIET, make_loop, set_nodelay  # noqa: E402
@@ -361,77 +361,25 @@ def load(mode, addr, nconn, warmup, duration, server_pid, core):
 # --- driver --------------------------------------------------------------------------
 
 
-class NotAvailable(Exception):
-    """The loop raised while setting the server up (no TLS support)."""
-
-
-class Failed(Exception):
-    """The run failed: wrong bytes, stall, crash, timeout."""
-
-
 def start_server(loop_name, core, cert, errfile):
     cmd = [sys.executable, os.path.abspath(__file__), "--serve", loop_name, str(core), cert]
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=errfile,
-        text=True,
-        preexec_fn=lambda: os.sched_setaffinity(0, {core}),
-    )
-    ready, _, _ = select.select([proc.stdout], [], [], READY_TIMEOUT)
-    line = proc.stdout.readline().strip() if ready else ""
-    if line.startswith("READY "):
-        return proc, f"127.0.0.1:{line.split(' ', 1)[1]}"
-    proc.kill()
-    proc.wait()
-    if line.startswith("SETUP-ERROR "):
-        raise NotAvailable(line.split(" ", 1)[1])
-    raise Failed(f"server did not start ({line or 'no READY line'}; exit {proc.returncode})")
+    proc, port = launch(cmd, core, errfile)
+    return proc, f"127.0.0.1:{port}"
 
 
 def measure(loop_name, mode, opts):
-    """One (loop, row) measurement: a dict with the figures, or status na/err."""
-    with tempfile.TemporaryFile(mode="w+") as errfile:
-        proc = None
-        try:
-            proc, target = start_server(loop_name, opts.server_core, opts.cert, errfile)
-            cmd = [sys.executable, os.path.abspath(__file__), "--load", str(mode), target]
-            cmd += [str(opts.connections), str(opts.warmup), str(opts.duration)]
-            cmd += [str(proc.pid), str(opts.load_core)]
-            timeout = opts.warmup + opts.duration + 30
-            try:
-                run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise Failed(f"load generator hung (> {timeout:.0f} s)")
-            lines = run.stdout.strip().splitlines()
-            if run.returncode != 0 or not lines:
-                tail = (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
-                raise Failed(f"load generator failed: {tail}")
-            result = json.loads(lines[-1])
-            if "error" in result:
-                # A server that does not do TLS at all shows up here (handshake fails).
-                raise Failed(result["error"])
-            time.sleep(0.05)  # let the server see the connections close
-            if proc.poll() is not None:
-                raise Failed(f"server exited with status {proc.returncode}")
-            result["status"] = "ok"
-        except NotAvailable as exc:
-            result = {"status": "na", "error": str(exc)}
-        except Failed as exc:
-            result = {"status": "err", "error": str(exc)}
-        finally:
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            errfile.seek(0)
-            stderr = errfile.read().strip()
-    if stderr and result["status"] != "na":
-        result["server_stderr"] = stderr[-4000:]
-    return result
+    """One (loop, row) measurement: a dict with the figures, or status na/err (a server
+    that does not do TLS at all fails its load generator's handshake)."""
+
+    def start(errfile):
+        return start_server(loop_name, opts.server_core, opts.cert, errfile)
+
+    def load_args(proc, target):
+        cmd = [sys.executable, os.path.abspath(__file__), "--load", str(mode), target]
+        cmd += [str(opts.connections), str(opts.warmup), str(opts.duration)]
+        return cmd + [str(proc.pid), str(opts.load_core)]
+
+    return run_against(start, load_args, opts.warmup + opts.duration + 30)
 
 
 def probe(loop_name):
