@@ -6,10 +6,13 @@ writes; the client decrypts the echo and checks it. No sockets and no scheduling
 is the pump's own cost, and under callgrind it is deterministic (tls.py's per-CPU figures move
 by ±20 % on a shared machine):
 
-    python3 bench/net/tls_pump.py SIZE CHUNK N {asyncio,ferroloop}
+    python3 bench/net/tls_pump.py SIZE CHUNK N {asyncio,ferroloop,floor}
     python3 bench/net/tls_pump.py --count SIZE CHUNK
-        # instructions per message (client included) for both classes, by callgrind:
+        # instructions per message (client included) for each, by callgrind:
         # (I(3N) - I(N)) / 2N with N = 100
+
+`floor` is no protocol at all: the server's `SSLObject` decrypts what arrives and encrypts it
+back in a plain loop, so `ferroloop - floor` is what the protocol machinery costs per message.
 
 Without --count it prints the server's CPU microseconds per message (noisy).
 """
@@ -60,6 +63,42 @@ class Collect(asyncio.Transport):
 
     def resume_reading(self):
         pass
+
+
+class Floor:
+    """The least a server can do per chunk: decrypt it and encrypt it back, no protocol."""
+
+    def __init__(self, loop, app, context, waiter, server_side):
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.sslobj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.buffer = bytearray(256 * 1024)
+        self.handshaken = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, n):
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, n):
+        self.incoming.write(memoryview(self.buffer)[:n])
+        try:
+            if not self.handshaken:
+                self.sslobj.do_handshake()
+                self.handshaken = True
+            data = []
+            try:
+                while True:
+                    data.append(self.sslobj.read(16 * 1024))
+            except ssl.SSLWantReadError:
+                pass
+            if data:
+                self.sslobj.write(b"".join(data))
+        except ssl.SSLWantReadError:
+            pass
+        out = self.outgoing.read()
+        if out:
+            self.transport.write(out)
 
 
 class Echo(asyncio.Protocol):
@@ -123,7 +162,7 @@ def run(protocol_class, size, chunk, n):
 
 def count(size, chunk):
     """Instructions per message for each class, counted by callgrind."""
-    for name in ("asyncio", "ferroloop"):
+    for name in ("asyncio", "ferroloop", "floor"):
         total = {}
         for n in (100, 300):
             out = f"/tmp/tls_pump.{name}.{n}.cg"
@@ -145,6 +184,8 @@ def main(argv):
     size, chunk, n, name = int(argv[0]), int(argv[1]), int(argv[2]), argv[3]
     if name == "ferroloop":
         from ferroloop._tls import SSLProtocol as cls
+    elif name == "floor":
+        cls = Floor
     else:
         cls = sslproto.SSLProtocol
     print(f"{name}: {run(cls, size, chunk, n):.1f} us of server CPU per message")
