@@ -86,7 +86,10 @@ pub fn tls_read<'py>(
     // the heap, where a `max_size` (256 KiB) request costs an mmap, an mremap and an munmap per
     // read with glibc.
     let record_size = max_size.min(MAX_RECORD);
-    while more == More::Maybe && readable(&ssl, incoming)? {
+    // `held` showed bytes to read unless the writer path above already consumed them.
+    let mut known_readable = held < MAX_RECORD;
+    while more == More::Maybe && (std::mem::take(&mut known_readable) || readable(&ssl, incoming)?)
+    {
         match ssl.call_method1(intern!(py, "read"), (record_size,)) {
             Ok(chunk) => {
                 let chunk = chunk.cast_into::<PyBytes>()?;

@@ -570,6 +570,17 @@ def test_call_soon_threadsafe_wakes_sleeping_loop(loop):
     assert elapsed < 1.0, elapsed
 
 
+def _check_producers(guard, threads, received, per_thread):
+    """After `call_soon_threadsafe` producer threads ran: cancels the loop's guard timer, joins
+    the threads, and checks that each producer's `(k, i)` callbacks all ran, in its order."""
+    guard.cancel()
+    for th in threads:
+        th.join()
+    assert len(received) == len(threads) * per_thread
+    for k in range(len(threads)):
+        assert [i for kk, i in received if kk == k] == list(range(per_thread))
+
+
 def test_call_soon_threadsafe_from_many_threads(loop):
     n_threads, per_thread = 8, 200
     received = []
@@ -592,12 +603,7 @@ def test_call_soon_threadsafe_from_many_threads(loop):
     loop.call_soon_threadsafe(check_done)
     # Keep checking until all callbacks arrived (they were all queued before check_done).
     loop.run_forever()
-    guard.cancel()
-    for th in threads:
-        th.join()
-    assert len(received) == n_threads * per_thread
-    for k in range(n_threads):
-        assert [i for kk, i in received if kk == k] == list(range(per_thread))
+    _check_producers(guard, threads, received, per_thread)
 
 
 def test_call_soon_threadsafe_floods_from_threads_while_the_loop_runs(loop):
@@ -628,13 +634,8 @@ def test_call_soon_threadsafe_floods_from_threads_while_the_loop_runs(loop):
     guard = loop.call_later(30, loop.stop)
     loop.call_soon(start)
     loop.run_forever()
-    guard.cancel()
-    for th in threads:
-        th.join()
-    assert len(received) == n_threads * per_thread
+    _check_producers(guard, threads, received, per_thread)
     assert threads_seen == set(loop_thread)
-    for k in range(n_threads):
-        assert [i for kk, i in received if kk == k] == list(range(per_thread))
 
 
 def test_call_soon_threadsafe_returns_handle_that_can_be_cancelled(loop, spin):

@@ -69,21 +69,11 @@ class SSLProtocol(sslproto.SSLProtocol):
         self._ssl_buffer_view = memoryview(self._ssl_buffer)
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._state is not _WRAPPED:  # handshake, flush, shutdown: asyncio's dispatch
+            super().buffer_updated(nbytes)
+            return
         self._incoming.write(self._ssl_buffer_view[:nbytes])
-        if self._state is _WRAPPED:
-            self._do_read()
-        else:
-            self._after_incoming()
-
-    def _after_incoming(self) -> None:
-        # asyncio's `buffer_updated` after the BIO write, for the states other than WRAPPED.
-        state = self._state
-        if state == sslproto.SSLProtocolState.DO_HANDSHAKE:
-            self._do_handshake()
-        elif state == _FLUSHING:
-            self._do_flush()
-        elif state == sslproto.SSLProtocolState.SHUTDOWN:
-            self._do_shutdown()
+        self._do_read()
 
     def _do_read(self) -> None:
         state = self._state
