@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple, PyType};
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// At most this many parameters come before `*args`.
 pub const MAX_FIXED: usize = 2;
@@ -206,10 +207,17 @@ unsafe fn parse_and_run(
         let key = unsafe { ffi::PyTuple_GET_ITEM(kwnames, i as ffi::Py_ssize_t) };
         // Code objects pass interned names (identity); C `Task` passes its own "context"
         // string. Keyword names are always `str` (CPython checks that before the call).
-        let is_context = key == context_name || {
-            // SAFETY: `key` is a live `str`; the C string is NUL-terminated ASCII.
-            unsafe { ffi::PyUnicode_CompareWithASCIIString(key, c"context".as_ptr()) == 0 }
-        };
+        let is_context =
+            key == context_name || key == FOREIGN_CONTEXT_NAME.load(Ordering::Relaxed) || {
+                // SAFETY: `key` is a live `str`; the C string is NUL-terminated ASCII.
+                let equal =
+                    unsafe { ffi::PyUnicode_CompareWithASCIIString(key, c"context".as_ptr()) == 0 };
+                if equal {
+                    // SAFETY: the GIL is held and `key` is a live `str` equal to "context".
+                    unsafe { remember_foreign_context_name(key) };
+                }
+                equal
+            };
         if is_context {
             context = Some(borrow(value).to_owned().unbind());
             continue;
@@ -241,6 +249,23 @@ unsafe fn parse_and_run(
         PyTuple::empty(py)
     };
     (entry.run)(slf, &fixed, &extra, context)
+}
+
+/// The `"context"` keyword name of CPython's C `Task` and `Future`: a string they build once
+/// (not the interned one), passed at every task step and future callback. Remembered the first
+/// time it is seen, so later calls recognise it by identity instead of comparing characters.
+/// Holds a strong reference (never released), so the address cannot be reused by another object.
+static FOREIGN_CONTEXT_NAME: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// # Safety
+/// The GIL must be held and `key` must be a live `str` equal to `"context"`.
+unsafe fn remember_foreign_context_name(key: *mut ffi::PyObject) {
+    if FOREIGN_CONTEXT_NAME.load(Ordering::Relaxed).is_null() {
+        // SAFETY: `key` is live and the GIL is held (this function's contract); the reference
+        // taken here is the one `FOREIGN_CONTEXT_NAME` keeps.
+        unsafe { ffi::Py_IncRef(key) };
+        FOREIGN_CONTEXT_NAME.store(key, Ordering::Relaxed);
+    }
 }
 
 /// Python's `TypeError` for missing positional arguments.

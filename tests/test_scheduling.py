@@ -26,6 +26,46 @@ def test_call_soon_order_and_args(loop, spin):
     assert calls == [(i, "x") for i in range(50)] + [(1, "two", None)]
 
 
+async def _sleep0_twice():
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+def test_call_soon_patched_on_the_instance_sees_task_steps(loop):
+    calls = []
+    original = loop.call_soon
+
+    def spy(callback, *args, context=None):
+        calls.append(callback)
+        return original(callback, *args, context=context)
+
+    loop.call_soon = spy
+    loop.run_until_complete(_sleep0_twice())
+    assert len(calls) >= 3  # the first step and one wakeup per sleep(0)
+    del loop.call_soon
+    calls.clear()
+    loop.run_until_complete(_sleep0_twice())
+    assert calls == []
+
+
+def test_call_soon_overridden_by_a_subclass_sees_task_steps(loop):
+    """ferroloop keeps a bound `call_soon` in the instance dict (C Task and Future look it up
+    at every step); a subclass's override must still win."""
+    calls = []
+
+    class Spying(type(loop)):
+        def call_soon(self, callback, *args, context=None):
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    sub = Spying()
+    try:
+        sub.run_until_complete(_sleep0_twice())
+    finally:
+        sub.close()
+    assert len(calls) >= 3
+
+
 def test_call_soon_rejects_keyword_arguments(loop):
     with pytest.raises(TypeError):
         loop.call_soon(print, end="")

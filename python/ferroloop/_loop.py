@@ -134,6 +134,14 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
         # Children watched by pidfd (`_subprocess`): pidfd -> (pid, transport).
         self._pidfd_children = {}
         self.set_debug(coroutines._is_debug_mode())
+        # CPython's C `Task` and `Future` look `call_soon` up on the loop at every step and
+        # every callback (to pass `context=` as a keyword), which builds and frees a bound
+        # method each time. One kept in the instance dict is found there instead (~300
+        # instructions less per `await asyncio.sleep(0)`, measured by callgrind). A subclass
+        # that overrides `call_soon` keeps the plain lookup, so its method stays the one
+        # the class has at each call.
+        if type(self).call_soon is _ferroloop.LoopCore.call_soon:
+            self.call_soon = self.call_soon
 
     def run_forever(self) -> None:
         """Run until stop() is called (`BaseEventLoop.run_forever`, native inner loop)."""
