@@ -309,6 +309,43 @@ def test_data_received_gets_bytes_in_order(loop, run, net, side):
     run(main())
 
 
+def test_data_received_bytes_stay_intact_when_kept_or_hashed(loop, run, net):
+    """ferroloop refills the `bytes` of the previous `data_received` when the protocol dropped
+    it. A chunk the protocol keeps must never change afterwards, and a chunk it hashed (the
+    hash is cached in the object) must hash by its new contents when it comes back."""
+    # Sizes around pymalloc's 512-byte limit, the "at least half the capacity" rule and
+    # repeats of one size (the refill case).
+    sizes = [600, 600, 1024, 1024, 700, 2000, 1500, 513, 512, 4000, 4000, 1100, 900, 3000]
+    chunks = [bytes(random.Random(i).randbytes(n)) for i, n in enumerate(sizes)]
+
+    class Keeper(Rec):
+        def __init__(self):
+            super().__init__()
+            self.received = []  # (a copy made on arrival, the object when it was kept)
+            self.mismatches = []
+
+        def data_received(self, data):
+            copy = bytes(bytearray(data))
+            if hash(data) != hash(copy) or {data: 1}.get(copy) != 1:
+                self.mismatches.append(len(self.received))
+            # Keep every third chunk itself; drop the others (they may be refilled).
+            kept = data if len(self.received) % 3 == 0 else None
+            self.received.append((copy, kept))
+
+    async def main():
+        proto = Keeper()
+        transport, peer = await net.open(proto)
+        for i, chunk in enumerate(chunks):
+            await peer_send(peer, chunk)  # one chunk at a time: one receive each
+            await until(lambda: len(proto.received) > i, f"chunk {i}")
+        transport.close()
+        assert [copy for copy, _ in proto.received] == chunks
+        assert [kept for _, kept in proto.received[::3]] == chunks[::3]
+        assert proto.mismatches == []
+
+    run(main())
+
+
 def test_reader_toggled_from_data_received(loop, run, net):
     """pause_reading() + resume_reading() inside data_received() (the reader is removed and
     re-added from its own callback) loses nothing."""

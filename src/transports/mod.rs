@@ -8,6 +8,7 @@
 pub mod common;
 pub mod datagram;
 pub mod pipe;
+pub mod recycled_bytes;
 pub mod socket;
 
 use crate::gil_cell::GilCell;

@@ -26,7 +26,9 @@ use crate::buffers;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::py_helpers;
-use crate::transports::{self, is_retry, with_read_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
+use crate::transports::{
+    self, is_retry, recycled_bytes, with_read_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
 use ferroloop_core::registry::Side;
 use ferroloop_core::sys;
 use ferroloop_core::transports::WriteBuffer;
@@ -114,25 +116,25 @@ impl SocketTransportCore {
         let py = slf.py();
         let fd = slf.get().fd;
         let received = with_read_buffer(py, |buf| {
-            sys::recv(fd, buf).map(|n| PyBytes::new(py, &buf[..n]))
+            sys::recv(fd, buf).map(|n| recycled_bytes::received(py, &buf[..n]))
         })?;
         let data = match received {
-            Ok(data) => data,
+            Ok(data) => data?,
             Err(err) if is_retry(&err) => return Ok(()),
             Err(err) => {
                 return common::fatal(slf, os_error(err), "Fatal read error on socket transport")
             }
         };
-        if data.as_bytes().is_empty() {
+        if data.bytes.as_bytes().is_empty() {
             return Self::read_eof(slf, protocol);
         }
         Self::call_protocol(
             slf,
             protocol,
-            |p| p.call_method1(intern!(py, "data_received"), (data,)),
+            |p| p.call_method1(intern!(py, "data_received"), (&data.bytes,)),
             "Fatal error: protocol.data_received() call failed.",
-        )
-        .map(drop)
+        )?;
+        recycled_bytes::recycle(py, data)
     }
 
     fn read_get_buffer(slf: Slf<'_, '_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
