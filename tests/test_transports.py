@@ -337,7 +337,7 @@ def test_data_received_bytes_stay_intact_when_kept_or_hashed(loop, run, net):
         transport, peer = await net.open(proto)
         for i, chunk in enumerate(chunks):
             await peer_send(peer, chunk)  # one chunk at a time: one receive each
-            await until(lambda: len(proto.received) > i, f"chunk {i}")
+            await until(lambda i=i: len(proto.received) > i, f"chunk {i}")
         transport.close()
         assert [copy for copy, _ in proto.received] == chunks
         assert [kept for _, kept in proto.received[::3]] == chunks[::3]
