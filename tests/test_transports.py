@@ -310,11 +310,12 @@ def test_data_received_gets_bytes_in_order(loop, run, net, side):
 
 
 def test_data_received_bytes_stay_intact_when_kept_or_hashed(loop, run, net):
-    """ferroloop refills the `bytes` of the previous `data_received` when the protocol dropped
-    it. A chunk the protocol keeps must never change afterwards, and a chunk it hashed (the
-    hash is cached in the object) must hash by its new contents when it comes back."""
-    # Sizes around pymalloc's 512-byte limit, the "at least half the capacity" rule and
-    # repeats of one size (the refill case).
+    """ferroloop receives into the `bytes` of the previous `data_received` when the protocol
+    dropped it. A chunk the protocol keeps must never change afterwards, and a chunk it hashed
+    (the hash is cached in the object) must hash by its new contents when it comes back."""
+    # Sizes around pymalloc's 512-byte limit, repeats of one size (received in place), larger
+    # ones (split between the old object and the shared buffer) and ones under half the old
+    # object (copied out of it).
     sizes = [600, 600, 1024, 1024, 700, 2000, 1500, 513, 512, 4000, 4000, 1100, 900, 3000]
     chunks = [bytes(random.Random(i).randbytes(n)) for i, n in enumerate(sizes)]
 
@@ -338,7 +339,9 @@ def test_data_received_bytes_stay_intact_when_kept_or_hashed(loop, run, net):
         for i, chunk in enumerate(chunks):
             await peer_send(peer, chunk)  # one chunk at a time: one receive each
             await until(lambda i=i: len(proto.received) > i, f"chunk {i}")
-        transport.close()
+        peer.shutdown(socket.SHUT_WR)  # EOF read while a refillable object is kept
+        await until(lambda: proto.lost_calls, "connection_lost")
+        assert proto.events == ["made", "eof", "lost"]
         assert [copy for copy, _ in proto.received] == chunks
         assert [kept for _, kept in proto.received[::3]] == chunks[::3]
         assert proto.mismatches == []

@@ -26,9 +26,7 @@ use crate::buffers;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::py_helpers;
-use crate::transports::{
-    self, is_retry, recycled_bytes, with_read_buffer, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
-};
+use crate::transports::{self, is_retry, recycled_bytes, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use ferroloop_core::registry::Side;
 use ferroloop_core::sys;
 use ferroloop_core::transports::WriteBuffer;
@@ -115,11 +113,9 @@ impl SocketTransportCore {
     fn read_data_received(slf: Slf<'_, '_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let received = with_read_buffer(py, |buf| {
-            sys::recv(fd, buf).map(|n| recycled_bytes::received(py, &buf[..n]))
-        })?;
+        let received = recycled_bytes::receive(py, |bufs| sys::recv_vectored(fd, bufs))?;
         let data = match received {
-            Ok(data) => data?,
+            Ok(data) => data,
             Err(err) if is_retry(&err) => return Ok(()),
             Err(err) => {
                 return common::fatal(slf, os_error(err), "Fatal read error on socket transport")

@@ -112,6 +112,16 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `readv(fd, bufs)`: a stream socket's `recv` scattered over several slices, filled in order;
+/// 0 means EOF.
+pub fn recv_vectored(fd: RawFd, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+    // `IoSliceMut` is ABI-compatible with `iovec` on Unix (std guarantees it); each points to a
+    // live, writable slice for the whole call, and `bufs` outlives it.
+    let iov = bufs.as_mut_ptr() as *const libc::iovec;
+    let n = syscall!(readv(fd, iov, bufs.len().min(IOV_MAX) as libc::c_int))?;
+    Ok(n as usize)
+}
+
 /// `read(fd, buf)`: for pipes and other non-sockets; 0 means EOF.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // `buf` is a live, writable slice of `buf.len()` bytes; the kernel validates `fd`.
@@ -301,6 +311,24 @@ mod tests {
         eventfd_signal(&fd).unwrap();
         eventfd_signal(&fd).unwrap();
         assert_eq!(eventfd_drain(&fd).unwrap(), 2);
+    }
+
+    #[test]
+    fn recv_vectored_fills_the_slices_in_order() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.write_all(b"abcdefgh").unwrap();
+        let (mut first, mut second) = ([0u8; 3], [0u8; 16]);
+        let mut bufs = [
+            io::IoSliceMut::new(&mut first),
+            io::IoSliceMut::new(&mut second),
+        ];
+        assert_eq!(recv_vectored(b.as_raw_fd(), &mut bufs).unwrap(), 8);
+        assert_eq!((&first, &second[..5]), (b"abc", &b"defgh"[..]));
+        drop(a);
+        let mut bufs = [io::IoSliceMut::new(&mut first)];
+        assert_eq!(recv_vectored(b.as_raw_fd(), &mut bufs).unwrap(), 0);
     }
 
     #[test]
