@@ -18,6 +18,7 @@ import errno
 import gc
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -258,6 +259,56 @@ def test_udp_datagram_sizes(loop, size):
             else:  # the echo is sendto(b"", addr): a no-op
                 await quiet(0.01)
                 assert drain(client) == []
+        finally:
+            client.close()
+            transport.close()
+
+    run_coro(loop, main())
+
+
+@pytest.mark.parametrize("family", ["udp", "unix"])
+def test_datagrams_stay_intact_when_kept_or_hashed(loop, tmp_path, family):
+    """ferroloop receives into the `bytes` of the previous `datagram_received` when the
+    protocol dropped it. A datagram the protocol keeps must never change afterwards, a hashed
+    one must hash by its new contents, and each arrives with its own sender."""
+    sizes = [600, 600, 1024, 1024, 700, 2000, 1500, 513, 512, 4000, 4000, 1100, 900, 0, 3000]
+    payloads = [bytes(random.Random(i).randbytes(n)) for i, n in enumerate(sizes)]
+
+    class Keeper(Rec):
+        def __init__(self):
+            super().__init__()
+            self.copies = []
+            self.kept = []
+            self.mismatches = []
+
+        def datagram_received(self, data, addr):
+            copy = bytes(bytearray(data))
+            if hash(data) != hash(copy) or {data: 1}.get(copy) != 1:
+                self.mismatches.append(len(self.copies))
+            if len(self.copies) % 3 == 0:
+                self.kept.append(data)
+            self.copies.append((copy, addr))
+
+    async def main():
+        if family == "udp":
+            transport, proto = await loop.create_datagram_endpoint(
+                Keeper, local_addr=(LOCALHOST, 0)
+            )
+            client = udp_socket()
+        else:
+            transport, proto = await loop.create_datagram_endpoint(
+                Keeper, local_addr=str(tmp_path / "srv.sock"), family=socket.AF_UNIX
+            )
+            client = unix_socket(tmp_path / "cli.sock")
+        try:
+            target = transport.get_extra_info("sockname")
+            for i, payload in enumerate(payloads):
+                client.sendto(payload, target)
+                await until(lambda i=i: len(proto.copies) > i, f"datagram {i}")
+            sender = client.getsockname()
+            assert proto.copies == [(payload, sender) for payload in payloads]
+            assert proto.kept == payloads[::3]
+            assert proto.mismatches == []
         finally:
             client.close()
             transport.close()

@@ -22,6 +22,7 @@ use crate::buffers;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::py_helpers;
+use crate::transports::recycled_bytes::{self, Received};
 use crate::transports::{self, LOG_THRESHOLD_FOR_CONNLOST_WRITES, MAX_SIZE};
 use ferroloop_core::registry::Side;
 use ferroloop_core::sys;
@@ -240,17 +241,26 @@ impl DatagramTransportCore {
     /// One `recvfrom` on a Unix datagram socket: the data and the sender's address as CPython's
     /// `makesockaddr` gives it (`None` without one, `bytes` for an abstract name, else the path
     /// decoded with the file-system encoding).
-    fn recv_unix<'py>(slf: Slf<'_, 'py>) -> PyResult<Outcome<(Bound<'py, PyBytes>, Py<PyAny>)>> {
+    fn recv_unix<'py>(slf: Slf<'_, 'py>) -> PyResult<Outcome<(Received<'py>, Py<PyAny>)>> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let received = super::with_read_buffer(py, |buf| {
-            sys::recvfrom_unix(fd, buf).map(|(n, from)| (PyBytes::new(py, &buf[..n]), from))
+        let mut sender = None;
+        let received = recycled_bytes::receive(py, |bufs| {
+            sys::recvfrom_unix(fd, bufs).map(|(n, from)| {
+                sender = Some(from);
+                n
+            })
         })?;
-        let (data, from) = match received {
-            Ok(pair) => pair,
+        let data = match received {
+            Ok(data) => data,
             Err(err) if transports::is_retry(&err) => return Ok(Outcome::Retry),
             Err(err) => return Ok(Outcome::OsError(os_error(err))),
         };
+        // A successful receive always reports its sender; without one, no address (`None`).
+        let from = sender.unwrap_or(sys::UnixPeer {
+            len: 0,
+            path: [0; 108],
+        });
         let len = from.path_len();
         let addr = if from.len == 0 {
             py.None()
@@ -273,17 +283,22 @@ impl DatagramTransportCore {
     }
 
     /// One `recvfrom` on an IPv4 socket: the data and the sender's `(host, port)`.
-    fn recv_v4<'py>(slf: Slf<'_, 'py>) -> PyResult<Outcome<(Bound<'py, PyBytes>, Py<PyAny>)>> {
+    fn recv_v4<'py>(slf: Slf<'_, 'py>) -> PyResult<Outcome<(Received<'py>, Py<PyAny>)>> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let received = super::with_read_buffer(py, |buf| {
-            sys::recvfrom_v4(fd, buf).map(|(n, from)| (PyBytes::new(py, &buf[..n]), from))
+        let mut sender = None;
+        let received = recycled_bytes::receive(py, |bufs| {
+            sys::recvfrom_v4(fd, bufs).map(|(n, from)| {
+                sender = from;
+                n
+            })
         })?;
-        let (data, from) = match received {
-            Ok(pair) => pair,
+        let data = match received {
+            Ok(data) => data,
             Err(err) if transports::is_retry(&err) => return Ok(Outcome::Retry),
             Err(err) => return Ok(Outcome::OsError(os_error(err))),
         };
+        let from = sender;
         let Some(from) = from else {
             return Ok(Outcome::Done((data, py.None())));
         };
@@ -371,7 +386,8 @@ common::transport_pymethods!(DatagramTransportCore {
             Family::Unix => Self::recv_unix(slf)?,
             Family::Other => {
                 let pair = sock.call_method1(py, intern!(py, "recvfrom"), (MAX_SIZE,));
-                classify(py, pair.and_then(|p| p.into_bound(py).extract()))
+                let pair = pair.and_then(|p| p.into_bound(py).extract::<(Bound<PyBytes>, Py<PyAny>)>());
+                classify(py, pair.map(|(data, addr)| (Received::from(data), addr)))
             }
         };
         match received {
@@ -382,9 +398,9 @@ common::transport_pymethods!(DatagramTransportCore {
             }
             Outcome::Done((data, addr)) => {
                 if let Some(protocol) = common::protocol(slf)? {
-                    protocol.call_method1(intern!(py, "datagram_received"), (data, addr))?;
+                    protocol.call_method1(intern!(py, "datagram_received"), (&data.bytes, addr))?;
                 }
-                Ok(())
+                recycled_bytes::recycle(py, data)
             }
         }
     }

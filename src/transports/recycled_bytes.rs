@@ -1,5 +1,6 @@
-//! The `bytes` a stream transport hands to `protocol.data_received`: received in place into the
-//! previous one when the protocol did not keep it.
+//! The `bytes` a transport hands to `protocol.data_received` (stream sockets) or
+//! `datagram_received` (IPv4 and Unix datagram sockets): received in place into the previous
+//! one when the protocol did not keep it.
 //!
 //! A receive of more than 512 bytes makes a `bytes` that pymalloc does not serve: glibc's
 //! `malloc` and `free` then cost about 550 instructions per message (a 1 KiB `bytes` is
@@ -40,6 +41,14 @@ const SMALL_REQUEST_THRESHOLD: usize = 512;
 pub struct Received<'py> {
     pub bytes: Bound<'py, PyBytes>,
     capacity: usize,
+}
+
+impl<'py> From<Bound<'py, PyBytes>> for Received<'py> {
+    /// A `bytes` made elsewhere: its length is a safe lower bound of its allocation.
+    fn from(bytes: Bound<'py, PyBytes>) -> Self {
+        let capacity = bytes.as_bytes().len();
+        Self { bytes, capacity }
+    }
 }
 
 /// The spare object and its allocated length.

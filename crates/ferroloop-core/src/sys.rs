@@ -167,30 +167,45 @@ pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     syscall!(shutdown(fd, libc::SHUT_WR)).map(drop)
 }
 
-/// `recvfrom(fd, buf, 0)` on an IPv4 datagram socket: the byte count and the sender (`None`
-/// when the kernel gave no IPv4 address).
-pub fn recvfrom_v4(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<SocketAddrV4>)> {
+/// `recvmsg(fd, 0)` into `bufs` (a scattered `recvfrom`), with the sender's address written
+/// into `addr` (a `sockaddr_*` value, whose size goes in as its length); returns the byte count
+/// and the address length the kernel reported.
+fn recvmsg_from<A>(
+    fd: RawFd,
+    bufs: &mut [io::IoSliceMut<'_>],
+    addr: &mut A,
+) -> io::Result<(usize, usize)> {
+    // SAFETY: an all-zero `msghdr` is valid (null name and control, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (addr as *mut A).cast();
+    msg.msg_namelen = std::mem::size_of::<A>() as libc::socklen_t;
+    // `IoSliceMut` is ABI-compatible with `iovec` on Unix (std guarantees it); each points to a
+    // live, writable slice for the whole call.
+    msg.msg_iov = bufs.as_mut_ptr() as *mut libc::iovec;
+    msg.msg_iovlen = bufs.len().min(IOV_MAX) as _;
+    // `msg` is a live local; its name points to `addr`, `msg_namelen` bytes long, which the
+    // kernel fills and does not overrun, and its iovecs to `bufs`.
+    let n = syscall!(recvmsg(fd, &mut msg, 0))?;
+    Ok((n as usize, msg.msg_namelen as usize))
+}
+
+/// `recvfrom(fd, 0)` on an IPv4 datagram socket, scattered over `bufs`: the byte count and the
+/// sender (`None` when the kernel gave no IPv4 address).
+pub fn recvfrom_v4(
+    fd: RawFd,
+    bufs: &mut [io::IoSliceMut<'_>],
+) -> io::Result<(usize, Option<SocketAddrV4>)> {
     // SAFETY: an all-zero `sockaddr_in` is a valid value (AF_UNSPEC, address 0).
     let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // `buf` is a live, writable slice; `addr` and `len` are live locals, `len` holding the size
-    // of `addr`, which the kernel fills and does not overrun.
-    let n = syscall!(recvfrom(
-        fd,
-        buf.as_mut_ptr().cast(),
-        buf.len(),
-        0,
-        (&mut addr as *mut libc::sockaddr_in).cast(),
-        &mut len
-    ))?;
-    let full = len as usize >= std::mem::size_of::<libc::sockaddr_in>();
+    let (n, len) = recvmsg_from(fd, bufs, &mut addr)?;
+    let full = len >= std::mem::size_of::<libc::sockaddr_in>();
     let from = (full && i32::from(addr.sin_family) == libc::AF_INET).then(|| {
         SocketAddrV4::new(
             Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
             u16::from_be(addr.sin_port),
         )
     });
-    Ok((n as usize, from))
+    Ok((n, from))
 }
 
 /// `sendto(fd, buf, 0, to)` on an IPv4 datagram socket.
@@ -230,30 +245,17 @@ impl UnixPeer {
     }
 }
 
-/// `recvfrom(fd, buf, 0)` on a Unix datagram socket: the byte count and the sender.
-pub fn recvfrom_unix(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, UnixPeer)> {
+/// `recvfrom(fd, 0)` on a Unix datagram socket, scattered over `bufs`: the byte count and the
+/// sender.
+pub fn recvfrom_unix(fd: RawFd, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<(usize, UnixPeer)> {
     // SAFETY: an all-zero `sockaddr_un` is a valid value.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-    // `buf` is a live, writable slice; `addr` and `len` are live locals, `len` holding the size
-    // of `addr`, which the kernel fills and does not overrun.
-    let n = syscall!(recvfrom(
-        fd,
-        buf.as_mut_ptr().cast(),
-        buf.len(),
-        0,
-        (&mut addr as *mut libc::sockaddr_un).cast(),
-        &mut len
-    ))?;
+    let (n, len) = recvmsg_from(fd, bufs, &mut addr)?;
     let mut path = [0u8; 108];
     for (dst, src) in path.iter_mut().zip(addr.sun_path.iter()) {
         *dst = *src as u8;
     }
-    let peer = UnixPeer {
-        len: len as usize,
-        path,
-    };
-    Ok((n as usize, peer))
+    Ok((n, UnixPeer { len, path }))
 }
 
 /// `sendto(fd, buf, 0, path)` on a Unix datagram socket, with `sun_path` and the address length
@@ -342,7 +344,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         assert_eq!(sendto_v4(a.as_raw_fd(), b"hi", b_addr).unwrap(), 2);
         let mut buf = [0u8; 16];
-        let (n, from) = recvfrom_v4(b.as_raw_fd(), &mut buf).unwrap();
+        let (n, from) = recvfrom_v4(b.as_raw_fd(), &mut [io::IoSliceMut::new(&mut buf)]).unwrap();
         assert_eq!((&buf[..n], from), (&b"hi"[..], Some(a_addr)));
     }
 
@@ -364,7 +366,7 @@ mod tests {
             2
         );
         let mut buf = [0u8; 16];
-        let (n, peer) = recvfrom_unix(b.as_raw_fd(), &mut buf).unwrap();
+        let (n, peer) = recvfrom_unix(b.as_raw_fd(), &mut [io::IoSliceMut::new(&mut buf)]).unwrap();
         let pa_bytes = pa.as_os_str().as_encoded_bytes();
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(&peer.path[..pa_bytes.len()], pa_bytes);
