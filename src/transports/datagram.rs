@@ -256,11 +256,9 @@ impl DatagramTransportCore {
             Err(err) if transports::is_retry(&err) => return Ok(Outcome::Retry),
             Err(err) => return Ok(Outcome::OsError(os_error(err))),
         };
-        // A successful receive always reports its sender; without one, no address (`None`).
-        let from = sender.unwrap_or(sys::UnixPeer {
-            len: 0,
-            path: [0; 108],
-        });
+        let Some(from) = sender else {
+            return Ok(Outcome::Done((data, py.None())));
+        };
         let len = from.path_len();
         let addr = if from.len == 0 {
             py.None()
@@ -298,8 +296,7 @@ impl DatagramTransportCore {
             Err(err) if transports::is_retry(&err) => return Ok(Outcome::Retry),
             Err(err) => return Ok(Outcome::OsError(os_error(err))),
         };
-        let from = sender;
-        let Some(from) = from else {
+        let Some(from) = sender else {
             return Ok(Outcome::Done((data, py.None())));
         };
         let cached = Self::with(slf, |s| s.peers.tuple(py, from))?;

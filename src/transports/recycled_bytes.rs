@@ -69,10 +69,7 @@ pub fn receive<'py>(
         .filter(|(bytes, _)| is_sole_reference(bytes));
     let Some((spare, capacity)) = spare else {
         return with_read_buffer(py, |buf| {
-            recv(&mut [IoSliceMut::new(buf)]).map(|n| Received {
-                bytes: PyBytes::new(py, &buf[..n]),
-                capacity: n,
-            })
+            recv(&mut [IoSliceMut::new(buf)]).map(|n| PyBytes::new(py, &buf[..n]).into())
         });
     };
     let object = spare.as_ptr().cast::<ffi::PyBytesObject>();
@@ -115,7 +112,7 @@ pub fn receive<'py>(
     };
     if let Some(bytes) = fresh {
         keep(py, spare, capacity)?;
-        return Ok(Ok(Received { bytes, capacity: n }));
+        return Ok(Ok(bytes.into()));
     }
     // SAFETY: still the only reference; `n <= capacity`, so the NUL at `n` is inside the
     // storage. The length, NUL and cached hash are what a `bytes` of these contents has.
