@@ -44,6 +44,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(transports::pipe::read_pipe, m)?)?;
     m.add_function(wrap_pyfunction!(tls::tls_read, m)?)?;
     m.add_function(wrap_pyfunction!(tls::tls_write, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::tls_flush, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::tls_install_bios, m)?)?;
+    m.add_class::<tls::TlsBio>()?;
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
     m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;
     Ok(())

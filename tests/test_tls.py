@@ -870,6 +870,7 @@ async def _raw_tls_handshake(loop, sock, ctx, server_side):
             incoming.write(chunk)
     if outgoing.pending:
         await loop.sock_sendall(sock, outgoing.read())
+    obj._ferroloop_test_outgoing = outgoing
     return obj, incoming
 
 
@@ -950,6 +951,216 @@ def test_tls_shutdown_timeout_when_peer_never_answers(loop, certs, side):
                 await closed_server(server)
 
     run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- faults mid-connection
+
+
+def test_tls_corrupted_record_ends_the_connection(loop, certs):
+    """A record that fails authentication after the handshake ends the connection with the
+    SSLError OpenSSL reports (asyncio's `_fatal_error`: `connection_lost(exc)`, no handler
+    call for an OSError); the data before it was delivered."""
+
+    async def main():
+        made = []
+
+        class Keep(Collector):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                made.append(self)
+
+        server = await loop.create_server(Keep, "127.0.0.1", 0, ssl=certs.server_ctx())
+        sock = socket.create_connection(server.sockets[0].getsockname()[:2])
+        sock.setblocking(False)
+        try:
+            obj, _ = await _raw_tls_handshake(loop, sock, certs.client_ctx(), False)
+            await until(lambda: made, "the server's connection")
+            (proto,) = made
+            obj.write(b"hello")
+            await loop.sock_sendall(sock, _pending_records(obj))
+            assert await proto.received(5) == b"hello"
+            obj.write(_payload(3000, seed=5))
+            record = bytearray(_pending_records(obj))
+            record[len(record) // 2] ^= 0x40  # inside the ciphertext
+            await loop.sock_sendall(sock, bytes(record))
+            exc = await proto.lost
+            assert type(exc) is ssl.SSLError, repr(exc)
+            assert (exc.library, exc.reason) == ("SSL", "DECRYPTION_FAILED_OR_BAD_RECORD_MAC")
+            assert bytes(proto.data) == b"hello"
+            assert proto.events == ["made", "data", "lost"]
+        finally:
+            sock.close()
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+def _pending_records(obj) -> bytes:
+    """What the raw peer's SSLObject (from `_raw_tls_handshake`) has written: its outgoing BIO."""
+    return obj._ferroloop_test_outgoing.read()
+
+
+def test_tls_msg_callback_error_is_raised_from_the_read(loop, exc_handler, certs):
+    """A context's `_msg_callback` (a Python callback OpenSSL calls for every record) runs during
+    the data phase too, and an exception from it fails the read as `_ssl` raises it: asyncio's
+    'Fatal error on SSL protocol' and `connection_lost(exc)`."""
+
+    class Boom(Exception):
+        pass
+
+    armed = []
+
+    def callback(conn, direction, version, content_type, msg_type, data):
+        if armed and direction == "read":
+            raise Boom("from the message callback")
+
+    async def main():
+        made = []
+
+        class Keep(Collector):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                made.append(self)
+
+        server_ctx = certs.server_ctx()
+        server_ctx._msg_callback = callback
+        server = await loop.create_server(Keep, "127.0.0.1", 0, ssl=server_ctx)
+        try:
+            transport, _ = await loop.create_connection(
+                asyncio.Protocol,
+                *server.sockets[0].getsockname()[:2],
+                ssl=certs.client_ctx(),
+                server_hostname="localhost",
+            )
+            await until(lambda: made, "the server's connection")
+            (proto,) = made
+            transport.write(b"before")
+            assert await proto.received(6) == b"before"
+            armed.append(True)
+            transport.write(b"after")
+            exc = await proto.lost
+            assert type(exc) is Boom, repr(exc)
+            (ctx,) = exc_handler.consume(1)
+            assert ctx["message"] == "Fatal error on SSL protocol"
+            assert ctx["exception"] is exc
+            assert bytes(proto.data) == b"before"
+            transport.close()
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- ferroloop's TLS BIOs
+
+
+def _memory_pair(certs, tls_bios):
+    """A server SSLObject (on ferroloop's BIOs, or on MemoryBIOs) and a client on MemoryBIOs,
+    handshaken in memory. Returns (server, its incoming, its outgoing, client, c_in, c_out)."""
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = certs.server_ctx().wrap_bio(s_in, s_out, server_side=True)
+    client = certs.client_ctx().wrap_bio(c_in, c_out, server_hostname="localhost")
+    if tls_bios is not None:
+        s_in, s_out = tls_bios(server)
+    for _ in range(10):
+        done = 0
+        for obj in (client, server):
+            try:
+                obj.do_handshake()
+                done += 1
+            except ssl.SSLWantReadError:
+                pass
+        c_in.write(s_out.read())
+        s_in.write(c_out.read())
+        if done == 2:
+            break
+    client.write(b"")  # nothing, but it settles the client's post-handshake state
+    return server, s_in, s_out, client, c_in, c_out
+
+
+def _bio_transcript(certs, tls_bios) -> list:
+    """The same conversation over a server on `tls_bios` or on MemoryBIOs, as a list of what
+    each step returned or raised (ciphertext compared by length: keys differ per handshake)."""
+    server, s_in, s_out, client, c_in, c_out = _memory_pair(certs, tls_bios)
+    out: list = []
+
+    def step(name, f):
+        try:
+            value = f()
+        except Exception as exc:  # noqa: BLE001 (the transcript compares exceptions)
+            text = str(exc).split(" (_ssl.c:")[0]
+            value = ("raised", type(exc).__name__, getattr(exc, "reason", None), text)
+        out.append((name, value))
+
+    step("eof at start", lambda: (s_in.eof, s_in.pending, s_out.pending))
+    for size in (1, 20 * KiB, 70 * KiB):
+        client.write(_payload(size, seed=size))
+    wire = c_out.read()
+    pieces = [wire[:3], bytearray(wire[3:5000]), memoryview(wire)[5000:40000], wire[40000:]]
+    for i, piece in enumerate(pieces):
+        step(f"write {i}", lambda piece=piece: s_in.write(piece))
+        step(f"pending {i}", lambda: (s_in.pending, s_in.eof))
+        step(f"read {i}", lambda: len(server.read(30 * KiB)))
+
+    def read_all():
+        total = 0
+        while True:
+            try:
+                total += len(server.read(64 * KiB))
+            except ssl.SSLWantReadError:
+                return total
+
+    step("read rest", read_all)
+    step("empty write", lambda: s_in.write(b""))
+    step("str write", lambda: s_in.write("text"))
+    step("non-contiguous", lambda: s_in.write(memoryview(b"abcdef")[::2]))
+    server.write(_payload(50 * KiB, seed=3))
+    step("out pending", lambda: s_out.pending)
+    step("out read 100", lambda: len(s_out.read(100)))
+    step("out read 0", lambda: s_out.read(0))
+    step("out read rest", lambda: len(s_out.read()))
+    step("out read empty", lambda: (s_out.read(), s_out.pending, s_out.eof))
+    # Half a record, then the end of the stream: the read fails as at an unexpected EOF.
+    client.write(b"x" * 100)
+    record = c_out.read()
+    step("half record", lambda: s_in.write(record[:50]))
+    step("read half", lambda: len(server.read(100)))
+    step("write_eof", lambda: (s_in.write_eof(), s_in.eof, s_in.pending))
+    step("read at eof", lambda: len(server.read(100)))
+    step("eof after", lambda: (s_in.eof, s_in.pending))
+    step("write after eof", lambda: s_in.write(b"more"))
+    return out
+
+
+def test_tls_bios_behave_as_memory_bios(ferroloop_mod, certs):
+    """`_ferroloop.TlsBio` (the BIOs ferroloop's SSLProtocol gives OpenSSL) against
+    `ssl.MemoryBIO`: the same calls on the same conversation return and raise the same."""
+    install = ferroloop_mod._ferroloop.tls_install_bios
+    server, s_in, s_out, *_ = _memory_pair(certs, install)
+    assert type(s_in).__name__ == type(s_out).__name__ == "TlsBio"
+    ours = _bio_transcript(certs, install)
+    stdlib = _bio_transcript(certs, None)
+    assert ours == stdlib
+    eof_error = ("raised", "SSLEOFError", "UNEXPECTED_EOF_WHILE_READING")
+    assert dict(stdlib)["read at eof"][:3] == eof_error
+
+
+def test_tls_channel_chosen_per_context(ferroloop_mod, certs):
+    """ferroloop's SSLProtocol reads through its own BIOs unless the context has a Python
+    callback that runs during reads and writes; then asyncio's MemoryBIOs stay."""
+    from ferroloop import _tls
+
+    loop = ferroloop_mod.new_event_loop()
+    try:
+        plain = certs.server_ctx()
+        traced = certs.server_ctx()
+        traced._msg_callback = lambda *args: None
+        for ctx, kind in ((plain, "TlsBio"), (traced, "MemoryBIO")):
+            proto = _tls.SSLProtocol(loop, asyncio.Protocol(), ctx, None, server_side=True)
+            assert type(proto._incoming).__name__ == kind
+            assert type(proto._outgoing).__name__ == kind
+    finally:
+        loop.close()
 
 
 def test_ssl_shutdown_timeout_requires_ssl(loop):

@@ -14,7 +14,14 @@ per received chunk and once per `write()`:
   an mmap, an mremap and an munmap per read;
 - `_ferroloop.tls_write` encrypts the write backlog in one call;
 - every connection of a loop receives into one shared buffer instead of its own zeroed 256 KiB
-  (see `SSLProtocol.__init__`); `start_tls` keeps asyncio's class, which it builds itself.
+  (see `SSLProtocol.__init__`); `start_tls` keeps asyncio's class, which it builds itself;
+- the `SSLObject` reads and writes through ferroloop's BIOs (`_ferroloop.TlsBio`, with
+  `MemoryBIO`'s methods) instead of a pair of `MemoryBIO`s, which zero-fill every byte written
+  into them: a received chunk is lent to OpenSSL straight from the receive buffer, OpenSSL is
+  called directly (no `SSLObject.read`/`write` call per record), and the records go to
+  ferroloop's socket transport without a bytes object. That needs the OpenSSL `_ssl` uses and a
+  context without Python callbacks that run while data is read or written (`_msg_callback`,
+  `keylog_filename`); otherwise the `MemoryBIO`s stay and the pump calls `_sslobj`'s methods.
 
 Invariant (why the early stop is safe): CPython never turns on OpenSSL's read-ahead, so
 OpenSSL takes from the incoming BIO only the record it is working on; bytes that could still
@@ -67,15 +74,27 @@ class SSLProtocol(sslproto.SSLProtocol):
         # connection's incoming BIO; a loop runs one callback at a time.
         self._ssl_buffer = _receive_buffer(loop)
         self._ssl_buffer_view = memoryview(self._ssl_buffer)
+        # Before the handshake, while both BIOs are empty (it starts in connection_made).
+        context = self._sslcontext
+        if context._msg_callback is None and getattr(context, "keylog_filename", None) is None:
+            bios = _ferroloop.tls_install_bios(self._sslobj)
+            if bios is not None:
+                self._incoming, self._outgoing = bios
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._state is not _WRAPPED:  # handshake, flush, shutdown: asyncio's dispatch
             super().buffer_updated(nbytes)
-            return
-        self._incoming.write(self._ssl_buffer_view[:nbytes])
-        self._do_read()
+        elif self._app_reading_paused or self._app_protocol_is_buffer:
+            self._incoming.write(self._ssl_buffer_view[:nbytes])
+            self._do_read()
+        else:
+            # The chunk goes to `_do_read__copied`, which hands it to OpenSSL.
+            self._do_read(nbytes)
 
-    def _do_read(self) -> None:
+    def _do_read(self, received: int = 0) -> None:
+        """asyncio's `_do_read`; `received` bytes at the start of the receive buffer have not
+        been written to the incoming BIO yet (only from `buffer_updated`, in the WRAPPED state,
+        with reading not paused and a protocol that is not buffered)."""
         state = self._state
         if state is not _WRAPPED and state is not _FLUSHING:
             return
@@ -84,7 +103,7 @@ class SSLProtocol(sslproto.SSLProtocol):
                 if self._app_protocol_is_buffer:
                     self._do_read__buffered()
                 else:
-                    self._do_read__copied()
+                    self._do_read__copied(received)
                 if self._write_backlog:
                     self._do_write()
                 else:
@@ -98,8 +117,10 @@ class SSLProtocol(sslproto.SSLProtocol):
         except Exception as ex:
             self._fatal_error(ex, "Fatal error on SSL protocol")
 
-    def _do_read__copied(self) -> None:
-        data, eof = _ferroloop.tls_read(self._sslobj, self._incoming, self.max_size)
+    def _do_read__copied(self, received: int = 0) -> None:
+        data, eof = _ferroloop.tls_read(
+            self._sslobj, self._incoming, self.max_size, self._ssl_buffer, received
+        )
         if data is not None:
             self._app_protocol.data_received(data)
         if eof:
@@ -125,9 +146,7 @@ class SSLProtocol(sslproto.SSLProtocol):
 
     def _process_outgoing(self) -> None:
         if not self._ssl_writing_paused:
-            data = self._outgoing.read()
-            if data:
-                self._transport.write(data)
+            _ferroloop.tls_flush(self._outgoing, self._transport)
         size = self._outgoing.pending + self._write_buffer_size
         paused = self._app_writing_paused
         if (size >= self._outgoing_high_water and not paused) or (

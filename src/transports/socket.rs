@@ -45,6 +45,16 @@ pub struct State {
     empty_waiter: Option<Py<PyAny>>,
 }
 
+/// How `send_or_buffer` left a write.
+enum Sent {
+    /// All of it went out.
+    All,
+    /// Appended to what was already buffered.
+    AddedToBuffer,
+    /// Part or none went out; the rest is the first buffered data (the writer is needed).
+    StartedBuffer,
+}
+
 /// The native core of `ferroloop._transports.SocketTransport`.
 #[pyclass(frozen, module = "ferroloop._ferroloop")]
 pub struct SocketTransportCore {
@@ -196,47 +206,94 @@ impl SocketTransportCore {
 
     /// The write path after the checks: send now if nothing is buffered, buffer the rest.
     fn write_bytes(slf: Slf<'_, '_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let fd = slf.get().fd;
-        let buffered_before = Self::with(slf, |s| !s.buffer.is_empty())?;
-        if buffered_before {
-            let pushed =
-                buffers::with_readable(data, |bytes| Self::with(slf, |s| s.buffer.push(bytes)));
-            match pushed {
-                Ok(done) => done?,
-                // A non-contiguous memoryview: asyncio's bytearray.extend() takes it too.
-                Err(_) => {
-                    let copy = data.call_method0(intern!(slf.py(), "tobytes"))?;
-                    let copy = copy.cast::<PyBytes>()?;
-                    Self::with(slf, |s| s.buffer.push(copy.as_bytes()))?;
+        match buffers::with_readable(data, |bytes| Self::send_or_buffer(slf, bytes)) {
+            Ok(outcome) => Self::after_send(slf, outcome?),
+            // A non-contiguous memoryview: asyncio's bytearray.extend() takes it while data is
+            // buffered; `socket.send` refuses it otherwise.
+            Err(err) => {
+                if !Self::with(slf, |s| !s.buffer.is_empty())? {
+                    return common::fatal(slf, err, "Fatal write error on socket transport");
                 }
+                let copy = data.call_method0(intern!(slf.py(), "tobytes"))?;
+                let copy = copy.cast::<PyBytes>()?;
+                Self::with(slf, |s| s.buffer.push(copy.as_bytes()))?;
+                common::maybe_pause_protocol(slf)
             }
-            return common::maybe_pause_protocol(slf);
         }
-        // Optimization (asyncio's): try to send now.
-        let outcome = buffers::with_readable(data, |bytes| match sys::send(fd, bytes) {
-            Ok(n) if n == bytes.len() => Ok(None),
-            Ok(n) => Ok(Some(bytes[n..].to_vec())),
-            Err(err) if is_retry(&err) => Ok(Some(bytes.to_vec())),
-            Err(err) => Err(err),
-        });
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            // `socket.send` refuses a non-contiguous buffer the same way.
-            Err(err) => {
-                return common::fatal(slf, err, "Fatal write error on socket transport");
-            }
+    }
+
+    /// `write` of bytes ferroloop holds itself (the records of a TLS connection, see
+    /// `tls::tls_flush`): `write`'s checks, then the same path as `write_bytes`.
+    pub(crate) fn write_slice(slf: Slf<'_, '_>, bytes: &[u8]) -> PyResult<()> {
+        if !Self::write_allowed(slf, || Ok(bytes.is_empty()))? {
+            return Ok(());
+        }
+        let outcome = Self::send_or_buffer(slf, bytes)?;
+        Self::after_send(slf, outcome)
+    }
+
+    /// The send-or-buffer step, pure Rust (it runs while a buffer view is held): sends at once
+    /// if nothing is buffered (asyncio's optimization), buffers what is not sent.
+    fn send_or_buffer(slf: Slf<'_, '_>, bytes: &[u8]) -> PyResult<Result<Sent, std::io::Error>> {
+        let fd = slf.get().fd;
+        if Self::with(slf, |s| !s.buffer.is_empty())? {
+            Self::with(slf, |s| s.buffer.push(bytes))?;
+            return Ok(Ok(Sent::AddedToBuffer));
+        }
+        let rest = match sys::send(fd, bytes) {
+            Ok(n) if n == bytes.len() => return Ok(Ok(Sent::All)),
+            Ok(n) => &bytes[n..],
+            Err(err) if is_retry(&err) => bytes,
+            Err(err) => return Ok(Err(err)),
         };
-        let rest = match outcome {
-            Ok(None) => return Ok(()),
-            Ok(Some(rest)) => rest,
-            Err(err) => {
-                return common::fatal(slf, os_error(err), "Fatal write error on socket transport")
+        Self::with(slf, |s| s.buffer.push(rest))?;
+        Ok(Ok(Sent::StartedBuffer))
+    }
+
+    /// The Python half of a write: the writer, flow control, or the fatal error.
+    fn after_send(slf: Slf<'_, '_>, outcome: Result<Sent, std::io::Error>) -> PyResult<()> {
+        match outcome {
+            Ok(Sent::All) => Ok(()),
+            Ok(Sent::AddedToBuffer) => common::maybe_pause_protocol(slf),
+            Ok(Sent::StartedBuffer) => {
+                // Not all was written; register the write handler.
+                common::add(slf, Side::Write, intern!(slf.py(), "_write_ready"))?;
+                common::maybe_pause_protocol(slf)
             }
-        };
-        // Not all was written; register the write handler.
-        common::add(slf, Side::Write, intern!(slf.py(), "_write_ready"))?;
-        Self::with(slf, |s| s.buffer.push(&rest))?;
-        common::maybe_pause_protocol(slf)
+            Err(err) => common::fatal(slf, os_error(err), "Fatal write error on socket transport"),
+        }
+    }
+
+    /// `write`'s checks after the type check: errors after `write_eof()` and during `sendfile`;
+    /// `false` for nothing to write and for a lost connection (counted, and logged past
+    /// asyncio's threshold).
+    fn write_allowed(slf: Slf<'_, '_>, empty: impl FnOnce() -> PyResult<bool>) -> PyResult<bool> {
+        let py = slf.py();
+        let (eof, sendfile, lost) = Self::with(slf, |s| {
+            (s.eof, s.empty_waiter.is_some(), s.common.conn_lost)
+        })?;
+        if eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
+        }
+        if sendfile {
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
+        if empty()? {
+            return Ok(false);
+        }
+        if lost != 0 {
+            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
+                py_helpers::logger(py)?
+                    .call_method1("warning", ("socket.send() raised exception.",))?;
+            }
+            Self::with(slf, |s| s.common.conn_lost += 1)?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     fn shutdown_write(slf: Slf<'_, '_>) -> PyResult<()> {
@@ -352,30 +409,8 @@ common::transport_pymethods!(SocketTransportCore {
 
     /// `write(data)`: any bytes-like object (`bytes`, `bytearray`, `memoryview`).
     fn write(slf: Slf<'_, '_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
         transports::check_bytes_like(data)?;
-        let (eof, sendfile, lost) = Self::with(slf, |s| {
-            (s.eof, s.empty_waiter.is_some(), s.common.conn_lost)
-        })?;
-        if eof {
-            return Err(PyRuntimeError::new_err(
-                "Cannot call write() after write_eof()",
-            ));
-        }
-        if sendfile {
-            return Err(PyRuntimeError::new_err(
-                "unable to write; sendfile is in progress",
-            ));
-        }
-        if !data.is_truthy()? {
-            return Ok(());
-        }
-        if lost != 0 {
-            if lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES {
-                py_helpers::logger(py)?
-                    .call_method1("warning", ("socket.send() raised exception.",))?;
-            }
-            Self::with(slf, |s| s.common.conn_lost += 1)?;
+        if !Self::write_allowed(slf, || Ok(!data.is_truthy()?))? {
             return Ok(());
         }
         Self::write_bytes(slf, data)

@@ -1,0 +1,450 @@
+//! `TlsBio`: the BIOs a ferroloop TLS connection reads and writes its records through, in
+//! place of asyncio's pair of `ssl.MemoryBIO`s.
+//!
+//! OpenSSL's memory BIO zero-fills every byte it is given before copying it in, and asyncio
+//! copies every received chunk into it and every record out of it. A `TlsBio` is a plain byte
+//! queue: nothing is zero-filled, a received chunk can be lent to OpenSSL for the length of one
+//! pump call instead of copied in ([`TlsBio::lend`]), and the records OpenSSL writes can be
+//! handed to ferroloop's socket transport as a slice ([`TlsBio::take_output`]). The Python
+//! methods are `MemoryBIO`'s (`write`, `write_eof`, `read`, `pending`, `eof`), so asyncio's
+//! `SSLProtocol` state machine uses it unchanged.
+//!
+//! Invariants:
+//! - the queue lives in the BIO (its data pointer, a `Mutex<Queue>`), freed by the BIO's
+//!   destroy callback when OpenSSL and the Python object have both dropped their reference;
+//!   `_ssl` runs OpenSSL with the GIL released, so the callbacks take the mutex, never the GIL;
+//! - a lent chunk is referenced only between [`TlsBio::lend`]'s start and end, on the thread
+//!   holding the GIL and the buffer export; whatever OpenSSL did not consume is copied into the
+//!   queue before `lend` returns, so no pointer to it outlives the call;
+//! - reads serve the queue before the lent chunk: bytes leave in the order they came;
+//! - an empty BIO asks OpenSSL to retry, unless `write_eof` was called: then it reports EOF
+//!   (`BIO_eof`), exactly as a `MemoryBIO` after `write_eof()`.
+
+use super::openssl::{self, Api, Bio, BioMethod};
+use crate::buffers;
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyBytes;
+use std::ffi::{c_char, c_int, c_long, c_void};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+/// Bytes not read yet: `data[start..]`, then the lent chunk.
+#[derive(Default)]
+struct Queue {
+    data: Vec<u8>,
+    start: usize,
+    lent: Option<(*const u8, usize)>,
+    eof: bool,
+}
+
+// SAFETY: `lent` points into a buffer exported by the thread that set it, for the duration of
+// `TlsBio::lend`, which clears it before returning (see the module invariants); every other
+// field is owned data. Access is serialised by the `Mutex` around the queue.
+unsafe impl Send for Queue {}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.data.len() - self.start + self.lent.map_or(0, |(_, len)| len)
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    /// Moves up to `out.len()` bytes into `out`; returns how many.
+    fn read_into(&mut self, out: &mut [u8]) -> usize {
+        let queued = &self.data[self.start..];
+        let n = queued.len().min(out.len());
+        out[..n].copy_from_slice(&queued[..n]);
+        self.start += n;
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+        }
+        let mut total = n;
+        if let Some((ptr, len)) = self.lent {
+            let m = len.min(out.len() - total);
+            if m > 0 {
+                // SAFETY: `ptr..ptr+len` is the unconsumed part of the lent chunk, alive while
+                // `lent` is set (module invariants).
+                let chunk = unsafe { std::slice::from_raw_parts(ptr, len) };
+                out[total..total + m].copy_from_slice(&chunk[..m]);
+                // SAFETY: `m <= len`, so the new pointer stays within (or one past) the chunk.
+                self.lent = Some((unsafe { ptr.add(m) }, len - m));
+                total += m;
+            }
+        }
+        total
+    }
+}
+
+/// The BIO method, built once, and the functions its callbacks need.
+struct Method {
+    method: *mut BioMethod,
+    get_data: unsafe extern "C" fn(*mut Bio) -> *mut c_void,
+    set_data: unsafe extern "C" fn(*mut Bio, *mut c_void),
+    set_flags: unsafe extern "C" fn(*mut Bio, c_int),
+    clear_flags: unsafe extern "C" fn(*mut Bio, c_int),
+}
+
+// SAFETY: the method table is immutable once built and OpenSSL reads it from any thread; the
+// function pointers are plain code addresses.
+unsafe impl Send for Method {}
+// SAFETY: as above: shared read-only.
+unsafe impl Sync for Method {}
+
+static METHOD: OnceLock<Option<Method>> = OnceLock::new();
+
+fn method(api: &Api) -> Option<&'static Method> {
+    METHOD
+        .get_or_init(|| {
+            // SAFETY: OpenSSL functions called with valid arguments: a type made of a fresh
+            // index and the source/sink flag, a NUL-terminated name that lives forever, and
+            // callbacks with the signatures OpenSSL expects.
+            unsafe {
+                let kind = (api.bio_get_new_index)();
+                if kind < 0 {
+                    return None;
+                }
+                let method = (api.bio_meth_new)(
+                    kind | openssl::BIO_TYPE_SOURCE_SINK,
+                    c"ferroloop TLS".as_ptr(),
+                );
+                if method.is_null()
+                    || (api.bio_meth_set_read_ex)(method, bio_read_ex) != 1
+                    || (api.bio_meth_set_write_ex)(method, bio_write_ex) != 1
+                    || (api.bio_meth_set_ctrl)(method, bio_ctrl) != 1
+                    || (api.bio_meth_set_destroy)(method, bio_destroy) != 1
+                {
+                    return None;
+                }
+                Some(Method {
+                    method,
+                    get_data: api.bio_get_data,
+                    set_data: api.bio_set_data,
+                    set_flags: api.bio_set_flags,
+                    clear_flags: api.bio_clear_flags,
+                })
+            }
+        })
+        .as_ref()
+}
+
+/// The queue behind one of our BIOs.
+///
+/// # Safety
+/// `bio` must be a live BIO created by [`TlsBio::new`] (its data is a `Mutex<Queue>` until
+/// the destroy callback runs, which happens only once no reference is left).
+unsafe fn queue_of<'a>(method: &Method, bio: *mut Bio) -> &'a Mutex<Queue> {
+    // SAFETY: per the contract, the data pointer is a live `Box<Mutex<Queue>>`.
+    unsafe { &*(method.get_data)(bio).cast::<Mutex<Queue>>() }
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    // Nothing panics while the lock is held, so a poisoned lock still holds a whole queue.
+    queue
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+unsafe extern "C" fn bio_read_ex(
+    bio: *mut Bio,
+    out: *mut c_char,
+    len: usize,
+    read: *mut usize,
+) -> c_int {
+    let Some(Some(method)) = METHOD.get() else {
+        return 0;
+    };
+    // SAFETY: OpenSSL calls this on one of our live BIOs with a writable `out` of `len` bytes
+    // and a valid `read`.
+    unsafe {
+        (method.clear_flags)(
+            bio,
+            openssl::BIO_FLAGS_RWS | openssl::BIO_FLAGS_SHOULD_RETRY,
+        );
+        let mut queue = lock(queue_of(method, bio));
+        let n = if len == 0 {
+            0
+        } else {
+            queue.read_into(std::slice::from_raw_parts_mut(out.cast::<u8>(), len))
+        };
+        *read = n;
+        if n > 0 {
+            return 1;
+        }
+        if !queue.eof {
+            (method.set_flags)(
+                bio,
+                openssl::BIO_FLAGS_READ | openssl::BIO_FLAGS_SHOULD_RETRY,
+            );
+        }
+        0
+    }
+}
+
+unsafe extern "C" fn bio_write_ex(
+    bio: *mut Bio,
+    data: *const c_char,
+    len: usize,
+    written: *mut usize,
+) -> c_int {
+    let Some(Some(method)) = METHOD.get() else {
+        return 0;
+    };
+    // SAFETY: OpenSSL calls this on one of our live BIOs with `len` readable bytes at `data`
+    // and a valid `written`.
+    unsafe {
+        (method.clear_flags)(
+            bio,
+            openssl::BIO_FLAGS_RWS | openssl::BIO_FLAGS_SHOULD_RETRY,
+        );
+        if len > 0 {
+            let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
+            lock(queue_of(method, bio)).push(bytes);
+        }
+        *written = len;
+    }
+    1
+}
+
+unsafe extern "C" fn bio_ctrl(
+    bio: *mut Bio,
+    cmd: c_int,
+    _num: c_long,
+    _ptr: *mut c_void,
+) -> c_long {
+    let Some(Some(method)) = METHOD.get() else {
+        return 0;
+    };
+    // SAFETY: OpenSSL calls this on one of our live BIOs.
+    let queue = lock(unsafe { queue_of(method, bio) });
+    match cmd {
+        openssl::BIO_CTRL_EOF => c_long::from(queue.eof && queue.len() == 0),
+        openssl::BIO_CTRL_PENDING => c_long::try_from(queue.len()).unwrap_or(c_long::MAX),
+        openssl::BIO_CTRL_FLUSH => 1,
+        // Nothing waits to be written below this BIO (a memory BIO says the same).
+        openssl::BIO_CTRL_WPENDING => 0,
+        // Push/pop, kTLS queries, the rest: not supported, as for a memory BIO.
+        _ => 0,
+    }
+}
+
+unsafe extern "C" fn bio_destroy(bio: *mut Bio) -> c_int {
+    let Some(Some(method)) = METHOD.get() else {
+        return 0;
+    };
+    // SAFETY: OpenSSL calls this once, when the last reference to one of our BIOs is freed;
+    // its data is the `Box<Mutex<Queue>>` made in `TlsBio::new` (or NULL if already taken).
+    unsafe {
+        let queue = (method.get_data)(bio).cast::<Mutex<Queue>>();
+        if !queue.is_null() {
+            drop(Box::from_raw(queue));
+            (method.set_data)(bio, std::ptr::null_mut());
+        }
+    }
+    1
+}
+
+/// One reference to one of our BIOs.
+struct BioRef {
+    bio: *mut Bio,
+    free: unsafe extern "C" fn(*mut Bio) -> c_int,
+    method: &'static Method,
+}
+
+// SAFETY: OpenSSL's BIO reference count is atomic, and the queue behind the BIO is guarded by
+// its mutex; the pointer itself is only passed to OpenSSL.
+unsafe impl Send for BioRef {}
+// SAFETY: as above.
+unsafe impl Sync for BioRef {}
+
+impl Drop for BioRef {
+    fn drop(&mut self) {
+        // SAFETY: this reference was taken in `TlsBio::new` and is dropped once, here.
+        unsafe { (self.free)(self.bio) };
+    }
+}
+
+/// A `MemoryBIO` lookalike over a ferroloop BIO (see the module doc).
+#[pyclass(module = "ferroloop._ferroloop", frozen)]
+pub struct TlsBio {
+    bio: BioRef,
+}
+
+/// The `ssl.SSLError` for writing after `write_eof()`, as `MemoryBIO.write` raises it.
+static SSL_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl TlsBio {
+    fn new(api: &Api, method: &'static Method) -> Option<Self> {
+        // SAFETY: `method.method` is a complete BIO method; the new BIO gets a boxed queue as
+        // its data (freed by `bio_destroy`) and is marked initialised, as BIO_read requires.
+        unsafe {
+            let bio = (api.bio_new)(method.method);
+            if bio.is_null() {
+                return None;
+            }
+            let queue = Box::into_raw(Box::new(Mutex::new(Queue::default())));
+            (api.bio_set_data)(bio, queue.cast::<c_void>());
+            (api.bio_set_init)(bio, 1);
+            Some(Self {
+                bio: BioRef {
+                    bio,
+                    free: api.bio_free,
+                    method,
+                },
+            })
+        }
+    }
+
+    fn queue(&self) -> &Mutex<Queue> {
+        // SAFETY: `self.bio` holds a reference, so the BIO and its queue are alive.
+        unsafe { queue_of(self.bio.method, self.bio.bio) }
+    }
+
+    /// Bytes waiting to be read.
+    pub fn pending_len(&self) -> usize {
+        lock(self.queue()).len()
+    }
+
+    /// Runs `f` with `chunk` readable after the queued bytes; what OpenSSL did not take is
+    /// copied into the queue before returning.
+    pub fn lend<R>(&self, chunk: &[u8], f: impl FnOnce() -> R) -> R {
+        struct EndLoan<'a>(&'a Mutex<Queue>);
+        impl Drop for EndLoan<'_> {
+            fn drop(&mut self) {
+                let mut queue = lock(self.0);
+                if let Some((ptr, len)) = queue.lent.take() {
+                    // SAFETY: the unconsumed rest of the chunk, still lent (the caller's borrow
+                    // of `chunk` outlives this guard).
+                    let rest = unsafe { std::slice::from_raw_parts(ptr, len) };
+                    queue.push(rest);
+                }
+            }
+        }
+        let queue = self.queue();
+        lock(queue).lent = Some((chunk.as_ptr(), chunk.len()));
+        let _end = EndLoan(queue);
+        f()
+    }
+
+    /// The queued bytes, leaving the queue empty; give the vector back with
+    /// [`TlsBio::give_back`] to keep its capacity.
+    pub fn take_output(&self) -> Vec<u8> {
+        let mut queue = lock(self.queue());
+        let mut data = std::mem::take(&mut queue.data);
+        data.drain(..std::mem::take(&mut queue.start));
+        data
+    }
+
+    /// Returns a vector from [`TlsBio::take_output`] for reuse, unless bytes were queued since
+    /// or it grew past what is worth keeping.
+    pub fn give_back(&self, mut data: Vec<u8>) {
+        const KEEP: usize = 256 * 1024;
+        let mut queue = lock(self.queue());
+        if queue.data.is_empty() && data.capacity() <= KEEP {
+            data.clear();
+            queue.data = data;
+            queue.start = 0;
+        }
+    }
+}
+
+#[pymethods]
+impl TlsBio {
+    /// `MemoryBIO.pending`.
+    #[getter]
+    fn pending(&self) -> usize {
+        self.pending_len()
+    }
+
+    /// `MemoryBIO.eof`: `write_eof()` was called and nothing is left to read.
+    #[getter]
+    fn eof(&self) -> bool {
+        let queue = lock(self.queue());
+        queue.eof && queue.len() == 0
+    }
+
+    /// `MemoryBIO.read(size=-1)`.
+    #[pyo3(signature = (size = -1))]
+    fn read<'py>(&self, py: Python<'py>, size: isize) -> Bound<'py, PyBytes> {
+        let mut queue = lock(self.queue());
+        let available = queue.len();
+        let n = usize::try_from(size).map_or(available, |size| size.min(available));
+        PyBytes::new_with(py, n, |out| {
+            queue.read_into(out);
+            Ok(())
+        })
+        .expect("a bytes object filled in place")
+    }
+
+    /// `MemoryBIO.write(data)`: any C-contiguous bytes-like object; returns its length.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        if lock(self.queue()).eof {
+            let error = SSL_ERROR.get_or_try_init(py, || {
+                py.import("ssl")?.getattr("SSLError").map(Bound::unbind)
+            })?;
+            return Err(PyErr::from_value(
+                error
+                    .bind(py)
+                    .call1(("cannot write() after write_eof()",))?,
+            ));
+        }
+        buffers::with_readable(data, |bytes| {
+            if c_int::try_from(bytes.len()).is_err() {
+                return Err(PyOverflowError::new_err(format!(
+                    "string longer than {} bytes",
+                    c_int::MAX
+                )));
+            }
+            lock(self.queue()).push(bytes);
+            Ok(bytes.len())
+        })?
+    }
+
+    /// `MemoryBIO.write_eof()`.
+    fn write_eof(&self) {
+        lock(self.queue()).eof = true;
+    }
+}
+
+/// Gives the `SSL` behind `sslobj` (an `ssl.SSLObject` or its `_ssl._SSLSocket`) a pair of
+/// new [`TlsBio`]s in place of its memory BIOs, and returns them (incoming, outgoing); `None`
+/// where OpenSSL cannot be reached (see `openssl.rs`). Call it before the handshake: bytes
+/// left in the old BIOs are not moved.
+#[pyfunction]
+pub fn tls_install_bios<'py>(
+    sslobj: &Bound<'py, PyAny>,
+) -> PyResult<Option<(Bound<'py, TlsBio>, Bound<'py, TlsBio>)>> {
+    let py = sslobj.py();
+    let Some(loaded) = openssl::api(py) else {
+        return Ok(None);
+    };
+    let native = super::native(sslobj);
+    let Some(ssl) = openssl::ssl_of(loaded, &native) else {
+        return Ok(None);
+    };
+    let api = &loaded.api;
+    let Some(method) = method(api) else {
+        return Ok(None);
+    };
+    let (Some(incoming), Some(outgoing)) = (TlsBio::new(api, method), TlsBio::new(api, method))
+    else {
+        return Err(PyRuntimeError::new_err("cannot create a TLS BIO"));
+    };
+    // SAFETY: `ssl` is the live `SSL` of `native` (held); each BIO gets one more reference,
+    // which `SSL_set0_*` takes over (freeing the memory BIO's reference the SSL held; the
+    // `MemoryBIO` objects keep their own).
+    unsafe {
+        (api.bio_up_ref)(incoming.bio.bio);
+        (api.ssl_set0_rbio)(ssl, incoming.bio.bio);
+        (api.bio_up_ref)(outgoing.bio.bio);
+        (api.ssl_set0_wbio)(ssl, outgoing.bio.bio);
+    }
+    Ok(Some((Bound::new(py, incoming)?, Bound::new(py, outgoing)?)))
+}
