@@ -1145,6 +1145,25 @@ def test_tls_bios_behave_as_memory_bios(ferroloop_mod, certs):
     assert dict(stdlib)["read at eof"][:3] == eof_error
 
 
+def test_tls_read_leaves_what_follows_a_close_notify(ferroloop_mod, certs):
+    """`_ferroloop.tls_read` given a received chunk (lent to OpenSSL on ferroloop's BIOs, written
+    into a MemoryBIO otherwise) that holds data, the peer's close_notify and bytes after it:
+    both return the data and the close_notify, and the bytes after it stay in the BIO."""
+    tls_read = ferroloop_mod._ferroloop.tls_read
+    results = []
+    for install in (ferroloop_mod._ferroloop.tls_install_bios, None):
+        server, s_in, _, client, _, c_out = _memory_pair(certs, install)
+        client.write(_payload(40 * KiB, seed=9))
+        with pytest.raises(ssl.SSLWantReadError):
+            client.unwrap()  # sends the close_notify, waits for the server's
+        chunk = bytearray(c_out.read() + b"after the close_notify")
+        chunk += bytes(100)  # the receive buffer is longer than what was received
+        data, eof = tls_read(server, s_in, 256 * KiB, chunk, len(chunk) - 100)
+        results.append((_sha(data), eof, s_in.pending, s_in.read()))
+    assert results[0] == results[1]
+    assert results[0][1:] == (True, 22, b"after the close_notify")
+
+
 def test_tls_channel_chosen_per_context(ferroloop_mod, certs):
     """ferroloop's SSLProtocol reads through its own BIOs unless the context has a Python
     callback that runs during reads and writes; then asyncio's MemoryBIOs stay."""
