@@ -10,24 +10,28 @@
 //! `SSLProtocol` state machine uses it unchanged.
 //!
 //! Invariants:
-//! - the queue lives in the BIO (its data pointer, a `Mutex<Queue>`), freed by the BIO's
+//! - the queue lives in the BIO (its data pointer, a `GilCell<Queue>`), freed by the BIO's
 //!   destroy callback when OpenSSL and the Python object have both dropped their reference;
-//!   `_ssl` runs OpenSSL with the GIL released, so the callbacks take the mutex, never the GIL;
-//! - a lent chunk is referenced only between [`TlsBio::lend`]'s start and end, on the thread
-//!   holding the GIL and the buffer export; whatever OpenSSL did not consume is copied into the
-//!   queue before `lend` returns, so no pointer to it outlives the call;
+//! - the queue is touched only with the GIL held: the pump holds it while it calls OpenSSL
+//!   (no atomic operation per callback), and a callback from a `_ssl` method, which releases
+//!   the GIL around OpenSSL, takes it back first;
+//! - a lent chunk is referenced only between [`TlsBio::lend`]'s start and end, while the lending
+//!   thread holds the GIL and the buffer export; whatever OpenSSL did not consume is copied into
+//!   the queue before `lend` returns, so no pointer to it outlives the call;
 //! - reads serve the queue before the lent chunk: bytes leave in the order they came;
 //! - an empty BIO asks OpenSSL to retry, unless `write_eof` was called: then it reports EOF
 //!   (`BIO_eof`), exactly as a `MemoryBIO` after `write_eof()`.
 
 use super::openssl::{self, Api, Bio, BioMethod};
 use crate::buffers;
+use crate::gil_cell::GilCell;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 use std::ffi::{c_char, c_int, c_long, c_void};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 
 /// Bytes not read yet: `data[start..]`, then the lent chunk.
 #[derive(Default)]
@@ -40,7 +44,7 @@ struct Queue {
 
 // SAFETY: `lent` points into a buffer exported by the thread that set it, for the duration of
 // `TlsBio::lend`, which clears it before returning (see the module invariants); every other
-// field is owned data. Access is serialised by the `Mutex` around the queue.
+// field is owned data. Access is serialised by the GIL (the `GilCell` around the queue).
 unsafe impl Send for Queue {}
 
 impl Queue {
@@ -138,18 +142,36 @@ fn method(api: &Api) -> Option<&'static Method> {
 /// The queue behind one of our BIOs.
 ///
 /// # Safety
-/// `bio` must be a live BIO created by [`TlsBio::new`] (its data is a `Mutex<Queue>` until
+/// `bio` must be a live BIO created by [`TlsBio::new`] (its data is a `GilCell<Queue>` until
 /// the destroy callback runs, which happens only once no reference is left).
-unsafe fn queue_of<'a>(method: &Method, bio: *mut Bio) -> &'a Mutex<Queue> {
-    // SAFETY: per the contract, the data pointer is a live `Box<Mutex<Queue>>`.
-    unsafe { &*(method.get_data)(bio).cast::<Mutex<Queue>>() }
+unsafe fn queue_of<'a>(method: &Method, bio: *mut Bio) -> &'a GilCell<Queue> {
+    // SAFETY: per the contract, the data pointer is a live `Box<GilCell<Queue>>`.
+    unsafe { &*(method.get_data)(bio).cast::<GilCell<Queue>>() }
 }
 
-fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    // Nothing panics while the lock is held, so a poisoned lock still holds a whole queue.
-    queue
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Runs `f` on the queue of one of our BIOs from an OpenSSL callback: at once when this thread
+/// holds the GIL (the pump's direct calls), after taking it otherwise (a `_ssl` method, which
+/// releases the GIL around OpenSSL). `None` on a re-entrant access, which cannot happen: `f`
+/// calls neither OpenSSL nor Python.
+///
+/// # Safety
+/// As for [`queue_of`].
+unsafe fn with_queue<R>(
+    method: &Method,
+    bio: *mut Bio,
+    f: impl FnOnce(&mut Queue) -> R,
+) -> Option<R> {
+    // SAFETY: per the contract.
+    let cell = unsafe { queue_of(method, bio) };
+    // SAFETY: `PyGILState_Check` only reads this thread's state; callable with or without the
+    // GIL.
+    if unsafe { ffi::PyGILState_Check() } == 1 {
+        // SAFETY: this thread holds the GIL (checked just above).
+        let py = unsafe { Python::assume_attached() };
+        cell.with(py, f).ok()
+    } else {
+        Python::attach(|py| cell.with(py, f).ok())
+    }
 }
 
 unsafe extern "C" fn bio_read_ex(
@@ -168,17 +190,23 @@ unsafe extern "C" fn bio_read_ex(
             bio,
             openssl::BIO_FLAGS_RWS | openssl::BIO_FLAGS_SHOULD_RETRY,
         );
-        let mut queue = lock(queue_of(method, bio));
-        let n = if len == 0 {
-            0
-        } else {
-            queue.read_into(std::slice::from_raw_parts_mut(out.cast::<u8>(), len))
+        *read = 0;
+        let outcome = with_queue(method, bio, |queue| {
+            let n = if len == 0 {
+                0
+            } else {
+                queue.read_into(std::slice::from_raw_parts_mut(out.cast::<u8>(), len))
+            };
+            (n, queue.eof)
+        });
+        let Some((n, eof)) = outcome else {
+            return 0;
         };
         *read = n;
         if n > 0 {
             return 1;
         }
-        if !queue.eof {
+        if !eof {
             (method.set_flags)(
                 bio,
                 openssl::BIO_FLAGS_READ | openssl::BIO_FLAGS_SHOULD_RETRY,
@@ -204,9 +232,12 @@ unsafe extern "C" fn bio_write_ex(
             bio,
             openssl::BIO_FLAGS_RWS | openssl::BIO_FLAGS_SHOULD_RETRY,
         );
+        *written = 0;
         if len > 0 {
             let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
-            lock(queue_of(method, bio)).push(bytes);
+            if with_queue(method, bio, |queue| queue.push(bytes)).is_none() {
+                return 0;
+            }
         }
         *written = len;
     }
@@ -222,11 +253,22 @@ unsafe extern "C" fn bio_ctrl(
     let Some(Some(method)) = METHOD.get() else {
         return 0;
     };
-    // SAFETY: OpenSSL calls this on one of our live BIOs.
-    let queue = lock(unsafe { queue_of(method, bio) });
     match cmd {
-        openssl::BIO_CTRL_EOF => c_long::from(queue.eof && queue.len() == 0),
-        openssl::BIO_CTRL_PENDING => c_long::try_from(queue.len()).unwrap_or(c_long::MAX),
+        // SAFETY: OpenSSL calls this on one of our live BIOs.
+        openssl::BIO_CTRL_EOF => unsafe {
+            with_queue(method, bio, |queue| {
+                c_long::from(queue.eof && queue.len() == 0)
+            })
+            .unwrap_or(0)
+        },
+        // SAFETY: as above.
+        openssl::BIO_CTRL_PENDING => unsafe {
+            with_queue(method, bio, |queue| {
+                c_long::try_from(queue.len()).unwrap_or(c_long::MAX)
+            })
+            .unwrap_or(0)
+        },
+        // OpenSSL flushes after every record it writes: nothing to do.
         openssl::BIO_CTRL_FLUSH => 1,
         // Nothing waits to be written below this BIO (a memory BIO says the same).
         openssl::BIO_CTRL_WPENDING => 0,
@@ -240,9 +282,10 @@ unsafe extern "C" fn bio_destroy(bio: *mut Bio) -> c_int {
         return 0;
     };
     // SAFETY: OpenSSL calls this once, when the last reference to one of our BIOs is freed;
-    // its data is the `Box<Mutex<Queue>>` made in `TlsBio::new` (or NULL if already taken).
+    // its data is the `Box<GilCell<Queue>>` made in `TlsBio::new` (or NULL if already taken).
+    // Nothing else can reach the queue any more, so dropping it needs no GIL.
     unsafe {
-        let queue = (method.get_data)(bio).cast::<Mutex<Queue>>();
+        let queue = (method.get_data)(bio).cast::<GilCell<Queue>>();
         if !queue.is_null() {
             drop(Box::from_raw(queue));
             (method.set_data)(bio, std::ptr::null_mut());
@@ -259,7 +302,7 @@ struct BioRef {
 }
 
 // SAFETY: OpenSSL's BIO reference count is atomic, and the queue behind the BIO is guarded by
-// its mutex; the pointer itself is only passed to OpenSSL.
+// the GIL; the pointer itself is only passed to OpenSSL.
 unsafe impl Send for BioRef {}
 // SAFETY: as above.
 unsafe impl Sync for BioRef {}
@@ -289,7 +332,7 @@ impl TlsBio {
             if bio.is_null() {
                 return None;
             }
-            let queue = Box::into_raw(Box::new(Mutex::new(Queue::default())));
+            let queue = Box::into_raw(Box::new(GilCell::new(Queue::default())));
             (api.bio_set_data)(bio, queue.cast::<c_void>());
             (api.bio_set_init)(bio, 1);
             Some(Self {
@@ -302,56 +345,60 @@ impl TlsBio {
         }
     }
 
-    fn queue(&self) -> &Mutex<Queue> {
+    fn queue(&self) -> &GilCell<Queue> {
         // SAFETY: `self.bio` holds a reference, so the BIO and its queue are alive.
         unsafe { queue_of(self.bio.method, self.bio.bio) }
     }
 
     /// Bytes waiting to be read.
-    pub fn pending_len(&self) -> usize {
-        lock(self.queue()).len()
+    pub fn pending_len(&self, py: Python<'_>) -> PyResult<usize> {
+        self.queue().with(py, |queue| queue.len())
     }
 
     /// Runs `f` with `chunk` readable after the queued bytes; what OpenSSL did not take is
-    /// copied into the queue before returning.
-    pub fn lend<R>(&self, chunk: &[u8], f: impl FnOnce() -> R) -> R {
-        struct EndLoan<'a>(&'a Mutex<Queue>);
-        impl Drop for EndLoan<'_> {
+    /// copied into the queue before returning. `f` must not release the GIL.
+    pub fn lend<R>(&self, py: Python<'_>, chunk: &[u8], f: impl FnOnce() -> R) -> PyResult<R> {
+        struct EndLoan<'a, 'py>(&'a GilCell<Queue>, Python<'py>);
+        impl Drop for EndLoan<'_, '_> {
             fn drop(&mut self) {
-                let mut queue = lock(self.0);
-                if let Some((ptr, len)) = queue.lent.take() {
-                    // SAFETY: the unconsumed rest of the chunk, still lent (the caller's borrow
-                    // of `chunk` outlives this guard).
-                    let rest = unsafe { std::slice::from_raw_parts(ptr, len) };
-                    queue.push(rest);
-                }
+                // Cannot fail: nothing else has the queue entered at this point.
+                let _ = self.0.with(self.1, |queue| {
+                    if let Some((ptr, len)) = queue.lent.take() {
+                        // SAFETY: the unconsumed rest of the chunk, still lent (the caller's
+                        // borrow of `chunk` outlives this guard).
+                        let rest = unsafe { std::slice::from_raw_parts(ptr, len) };
+                        queue.push(rest);
+                    }
+                });
             }
         }
         let queue = self.queue();
-        lock(queue).lent = Some((chunk.as_ptr(), chunk.len()));
-        let _end = EndLoan(queue);
-        f()
+        queue.with(py, |queue| queue.lent = Some((chunk.as_ptr(), chunk.len())))?;
+        let _end = EndLoan(queue, py);
+        Ok(f())
     }
 
     /// The queued bytes, leaving the queue empty; give the vector back with
     /// [`TlsBio::give_back`] to keep its capacity.
-    pub fn take_output(&self) -> Vec<u8> {
-        let mut queue = lock(self.queue());
-        let mut data = std::mem::take(&mut queue.data);
-        data.drain(..std::mem::take(&mut queue.start));
-        data
+    pub fn take_output(&self, py: Python<'_>) -> PyResult<Vec<u8>> {
+        self.queue().with(py, |queue| {
+            let mut data = std::mem::take(&mut queue.data);
+            data.drain(..std::mem::take(&mut queue.start));
+            data
+        })
     }
 
     /// Returns a vector from [`TlsBio::take_output`] for reuse, unless bytes were queued since
     /// or it grew past what is worth keeping.
-    pub fn give_back(&self, mut data: Vec<u8>) {
+    pub fn give_back(&self, py: Python<'_>, mut data: Vec<u8>) -> PyResult<()> {
         const KEEP: usize = 256 * 1024;
-        let mut queue = lock(self.queue());
-        if queue.data.is_empty() && data.capacity() <= KEEP {
-            data.clear();
-            queue.data = data;
-            queue.start = 0;
-        }
+        self.queue().with(py, |queue| {
+            if queue.data.is_empty() && data.capacity() <= KEEP {
+                data.clear();
+                queue.data = data;
+                queue.start = 0;
+            }
+        })
     }
 }
 
@@ -359,33 +406,30 @@ impl TlsBio {
 impl TlsBio {
     /// `MemoryBIO.pending`.
     #[getter]
-    fn pending(&self) -> usize {
-        self.pending_len()
+    fn pending(&self, py: Python<'_>) -> PyResult<usize> {
+        self.pending_len(py)
     }
 
     /// `MemoryBIO.eof`: `write_eof()` was called and nothing is left to read.
     #[getter]
-    fn eof(&self) -> bool {
-        let queue = lock(self.queue());
-        queue.eof && queue.len() == 0
+    fn eof(&self, py: Python<'_>) -> PyResult<bool> {
+        self.queue().with(py, |queue| queue.eof && queue.len() == 0)
     }
 
     /// `MemoryBIO.read(size=-1)`.
     #[pyo3(signature = (size = -1))]
-    fn read<'py>(&self, py: Python<'py>, size: isize) -> Bound<'py, PyBytes> {
-        let mut queue = lock(self.queue());
-        let available = queue.len();
+    fn read<'py>(&self, py: Python<'py>, size: isize) -> PyResult<Bound<'py, PyBytes>> {
+        let available = self.pending_len(py)?;
         let n = usize::try_from(size).map_or(available, |size| size.min(available));
         PyBytes::new_with(py, n, |out| {
-            queue.read_into(out);
+            self.queue().with(py, |queue| queue.read_into(out))?;
             Ok(())
         })
-        .expect("a bytes object filled in place")
     }
 
     /// `MemoryBIO.write(data)`: any C-contiguous bytes-like object; returns its length.
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-        if lock(self.queue()).eof {
+        if self.queue().with(py, |queue| queue.eof)? {
             let error = SSL_ERROR.get_or_try_init(py, || {
                 py.import("ssl")?.getattr("SSLError").map(Bound::unbind)
             })?;
@@ -402,14 +446,14 @@ impl TlsBio {
                     c_int::MAX
                 )));
             }
-            lock(self.queue()).push(bytes);
+            self.queue().with(py, |queue| queue.push(bytes))?;
             Ok(bytes.len())
         })?
     }
 
     /// `MemoryBIO.write_eof()`.
-    fn write_eof(&self) {
-        lock(self.queue()).eof = true;
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        self.queue().with(py, |queue| queue.eof = true)
     }
 }
 

@@ -72,7 +72,8 @@ fn readable(ssl: &Bound<'_, PyAny>, incoming: &Bound<'_, PyAny>) -> PyResult<boo
 }
 
 /// A connection on the direct channel: its `SSL` and one of its [`TlsBio`]s.
-struct Direct<'a> {
+struct Direct<'a, 'py> {
+    py: Python<'py>,
     api: &'static Api,
     ssl: *mut Ssl,
     bio: &'a TlsBio,
@@ -86,13 +87,15 @@ enum Stop {
     Delegate,
 }
 
-impl<'a> Direct<'a> {
+impl<'a, 'py> Direct<'a, 'py> {
     /// The direct channel for `ssl` (an `_ssl._SSLSocket`) if `bio` is one of its `TlsBio`s.
-    fn of(ssl: &Bound<'_, PyAny>, bio: &'a Bound<'_, PyAny>) -> Option<Self> {
+    fn of(ssl: &Bound<'py, PyAny>, bio: &'a Bound<'py, PyAny>) -> Option<Self> {
         let bio = bio.cast::<TlsBio>().ok()?.get();
-        let loaded = openssl::api(ssl.py())?;
+        let py = ssl.py();
+        let loaded = openssl::api(py)?;
         let ssl = openssl::ssl_of(loaded, ssl)?;
         Some(Self {
+            py,
             api: &loaded.api,
             ssl,
             bio,
@@ -100,10 +103,10 @@ impl<'a> Direct<'a> {
     }
 
     /// Ciphertext in the incoming BIO plus plaintext OpenSSL has decrypted but not handed out.
-    fn held(&self) -> usize {
+    fn held(&self) -> PyResult<usize> {
         // SAFETY: `ssl` is the live `SSL` of an `_ssl._SSLSocket` the caller holds.
         let decrypted = unsafe { (self.api.ssl_pending)(self.ssl) };
-        self.bio.pending_len() + usize::try_from(decrypted).unwrap_or(0)
+        Ok(self.bio.pending_len(self.py)? + usize::try_from(decrypted).unwrap_or(0))
     }
 
     /// One `SSL_read_ex` into `out`; the byte count, or why none came.
@@ -131,13 +134,10 @@ impl<'a> Direct<'a> {
 
     /// Reads all that is held into `chunks` (usually one bytes object sized by what is held);
     /// `None` if an outcome must be left to `_ssl`.
-    fn read<'py>(
-        &self,
-        py: Python<'py>,
-        chunks: &mut Vec<Bound<'py, PyBytes>>,
-    ) -> PyResult<Option<More>> {
+    fn read(&self, chunks: &mut Vec<Bound<'py, PyBytes>>) -> PyResult<Option<More>> {
+        let py = self.py;
         loop {
-            let held = self.held();
+            let held = self.held()?;
             if held == 0 {
                 return Ok(Some(More::No));
             }
@@ -150,7 +150,7 @@ impl<'a> Direct<'a> {
                 if filled == size {
                     break None;
                 }
-                if filled > 0 && self.held() == 0 {
+                if filled > 0 && self.held()? == 0 {
                     break Some(Stop::Read(More::No));
                 }
                 match self.read_once(writer.data(filled), size - filled) {
@@ -214,9 +214,9 @@ pub fn tls_read<'py>(
                 let chunk = bytes.get(..received).ok_or_else(|| {
                     PyValueError::new_err("received more bytes than the buffer holds")
                 })?;
-                direct.bio.lend(chunk, || direct.read(py, &mut chunks))
-            })??,
-            None => direct.read(py, &mut chunks)?,
+                direct.bio.lend(py, chunk, || direct.read(&mut chunks))
+            })???,
+            None => direct.read(&mut chunks)?,
         };
         if let Some(more) = stop {
             return Ok((join(py, chunks)?, more == More::Eof));
@@ -315,7 +315,7 @@ pub fn tls_write(protocol: &Bound<'_, PyAny>) -> PyResult<()> {
 /// Writes the backlog until it is empty or OpenSSL asks to wait; `size` follows each write.
 fn write_backlog(
     ssl: &Bound<'_, PyAny>,
-    direct: Option<&Direct<'_>>,
+    direct: Option<&Direct<'_, '_>>,
     backlog: &Bound<'_, PyAny>,
     size: &mut isize,
 ) -> PyResult<()> {
@@ -363,7 +363,7 @@ pub fn tls_flush(outgoing: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> P
         return Ok(());
     };
     let bio = bio.get();
-    let data = bio.take_output();
+    let data = bio.take_output(py)?;
     let result = if data.is_empty() {
         Ok(())
     } else if let Ok(core) = transport.cast::<SocketTransportCore>() {
@@ -375,7 +375,7 @@ pub fn tls_flush(outgoing: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> P
             .call_method1(intern!(py, "write"), (PyBytes::new(py, &data),))
             .map(drop)
     };
-    bio.give_back(data);
+    bio.give_back(py, data)?;
     result
 }
 
