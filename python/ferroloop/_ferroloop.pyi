@@ -15,6 +15,9 @@ __all__ = [
     "live_handles",
     "read_pipe",
     "loops_created",
+    "TlsBio",
+    "tls_flush",
+    "tls_install_bios",
     "tls_read",
     "tls_write",
 ]
@@ -28,11 +31,37 @@ def read_pipe(fd: int, n: int) -> bytes:
 def loops_created() -> int:
     """How many ferroloop loops this process has created."""
 
-def tls_read(sslobj: Any, incoming: Any, max_size: int) -> tuple[bytes | None, bool]:
-    """`SSLProtocol._do_read__copied`'s loop: (decrypted bytes or None, close_notify seen)."""
+def tls_read(
+    sslobj: Any,
+    incoming: Any,
+    max_size: int,
+    buffer: Any | None = None,
+    received: int = 0,
+) -> tuple[bytes | None, bool]:
+    """`SSLProtocol._do_read__copied`'s loop, after `buffer[:received]` (a chunk just received):
+    (decrypted bytes or None, close_notify seen)."""
 
 def tls_write(protocol: Any) -> None:
     """`SSLProtocol._do_write`'s loop over the protocol's `_write_backlog`."""
+
+def tls_flush(outgoing: Any, transport: Any) -> None:
+    """`SSLProtocol._process_outgoing`'s flush of the outgoing BIO to the transport."""
+
+def tls_install_bios(sslobj: Any) -> tuple[TlsBio, TlsBio] | None:
+    """Gives an `SSLObject` ferroloop's BIOs (incoming, outgoing) before its handshake, or
+    returns None where OpenSSL cannot be reached."""
+
+@final
+class TlsBio:
+    """ferroloop's BIO with `ssl.MemoryBIO`'s methods (made by `tls_install_bios`)."""
+
+    @property
+    def pending(self) -> int: ...
+    @property
+    def eof(self) -> bool: ...
+    def read(self, size: int = -1) -> bytes: ...
+    def write(self, data: Any) -> int: ...
+    def write_eof(self) -> None: ...
 
 @disjoint_base
 class Handle:

@@ -417,7 +417,7 @@ impl TlsBio {
     }
 
     /// `MemoryBIO.read(size=-1)`.
-    #[pyo3(signature = (size = -1))]
+    #[pyo3(signature = (size = -1), text_signature = "($self, /, size=-1)")]
     fn read<'py>(&self, py: Python<'py>, size: isize) -> PyResult<Bound<'py, PyBytes>> {
         let available = self.pending_len(py)?;
         let n = usize::try_from(size).map_or(available, |size| size.min(available));
