@@ -780,6 +780,14 @@ def test_start_tls_upgrade_both_sides(loop, certs):
             assert client_tr.get_extra_info("ssl_object").server_side is False
             assert _subject(client_tr.get_extra_info("peercert"))["commonName"] == "localhost"
             assert server_tr.get_extra_info("ssl_object").server_side is True
+            # The loop's own SSLProtocol (ferroloop's native data pump; asyncio's own class).
+            expected = (
+                "asyncio.sslproto"
+                if type(loop).__module__.startswith("asyncio")
+                else ("ferroloop._tls")
+            )
+            for tr in (client_tr, server_tr):
+                assert type(tr._ssl_protocol).__module__ == expected
 
             client_tr.write(big_up)
             server_tr.write(big_down)

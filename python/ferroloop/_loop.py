@@ -20,6 +20,7 @@ import threading
 import warnings
 import weakref
 from asyncio import constants, coroutines, events, trsock, unix_events
+from asyncio.base_events import ssl
 from asyncio.log import logger
 
 from . import _ferroloop, _subprocess, _tls
@@ -308,6 +309,52 @@ class Loop(_ferroloop.LoopCore, unix_events.SelectorEventLoop):
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )  # fmt: skip
         SocketTransport(self, rawsock, ssl_protocol, None, extra, server)
+        return ssl_protocol._app_transport
+
+    async def start_tls(
+        self,
+        transport,
+        protocol,
+        sslcontext,
+        *,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Upgrade `transport` to TLS; returns the transport `protocol` uses from now on.
+
+        asyncio's `BaseEventLoop.start_tls` step for step, with ferroloop's `SSLProtocol`
+        (native data pump, `_tls.py`) where asyncio builds its own class by name: database
+        drivers (asyncpg) and STARTTLS protocols upgrade this way."""
+        if ssl is None:
+            raise RuntimeError("Python ssl module is not available")
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}"
+            )
+        if not getattr(transport, "_start_tls_compatible", False):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+        waiter = self.create_future()
+        ssl_protocol = _tls.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False,
+        )  # fmt: skip
+        # Pause early so that "ssl_protocol.data_received()" doesn't
+        # have a chance to get called before "ssl_protocol.connection_made()".
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        conmade_cb = self.call_soon(ssl_protocol.connection_made, transport)
+        resume_cb = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
         return ssl_protocol._app_transport
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):

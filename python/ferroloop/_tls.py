@@ -14,7 +14,7 @@ per received chunk and once per `write()`:
   an mmap, an mremap and an munmap per read;
 - `_ferroloop.tls_write` encrypts the write backlog in one call;
 - every connection of a loop receives into one shared buffer instead of its own zeroed 256 KiB
-  (see `SSLProtocol.__init__`); `start_tls` keeps asyncio's class, which it builds itself;
+  (see `SSLProtocol.__init__`);
 - the `SSLObject` reads and writes through ferroloop's BIOs (`_ferroloop.TlsBio`, with
   `MemoryBIO`'s methods) instead of a pair of `MemoryBIO`s, which zero-fill every byte written
   into them: a received chunk is lent to OpenSSL straight from the receive buffer, OpenSSL is
