@@ -971,13 +971,7 @@ def test_tls_corrupted_record_ends_the_connection(loop, certs):
 
     async def main():
         made = []
-
-        class Keep(Collector):
-            def connection_made(self, transport):
-                super().connection_made(transport)
-                made.append(self)
-
-        server = await loop.create_server(Keep, "127.0.0.1", 0, ssl=certs.server_ctx())
+        server = await loop.create_server(_kept(made), "127.0.0.1", 0, ssl=certs.server_ctx())
         sock = socket.create_connection(server.sockets[0].getsockname()[:2])
         sock.setblocking(False)
         try:
@@ -1003,6 +997,17 @@ def test_tls_corrupted_record_ends_the_connection(loop, certs):
     run_coro(loop, main())
 
 
+def _kept(made: list):
+    """A factory of `Collector`s that appends each one it makes to `made`."""
+
+    def factory():
+        proto = Collector()
+        made.append(proto)
+        return proto
+
+    return factory
+
+
 def _pending_records(obj) -> bytes:
     """What the raw peer's SSLObject (from `_raw_tls_handshake`) has written: its outgoing BIO."""
     return obj._ferroloop_test_outgoing.read()
@@ -1024,15 +1029,9 @@ def test_tls_msg_callback_error_is_raised_from_the_read(loop, exc_handler, certs
 
     async def main():
         made = []
-
-        class Keep(Collector):
-            def connection_made(self, transport):
-                super().connection_made(transport)
-                made.append(self)
-
         server_ctx = certs.server_ctx()
         server_ctx._msg_callback = callback
-        server = await loop.create_server(Keep, "127.0.0.1", 0, ssl=server_ctx)
+        server = await loop.create_server(_kept(made), "127.0.0.1", 0, ssl=server_ctx)
         try:
             transport, _ = await loop.create_connection(
                 asyncio.Protocol,

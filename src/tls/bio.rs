@@ -174,22 +174,35 @@ unsafe fn with_queue<R>(
     }
 }
 
+/// The start of a read or write callback: the method, and the BIO's retry flags cleared (a
+/// memory BIO does the same).
+///
+/// # Safety
+/// `bio` must be a live BIO of ours.
+unsafe fn begin_io(bio: *mut Bio) -> Option<&'static Method> {
+    let method = METHOD.get()?.as_ref()?;
+    // SAFETY: per the contract.
+    unsafe {
+        (method.clear_flags)(
+            bio,
+            openssl::BIO_FLAGS_RWS | openssl::BIO_FLAGS_SHOULD_RETRY,
+        )
+    };
+    Some(method)
+}
+
 unsafe extern "C" fn bio_read_ex(
     bio: *mut Bio,
     out: *mut c_char,
     len: usize,
     read: *mut usize,
 ) -> c_int {
-    let Some(Some(method)) = METHOD.get() else {
-        return 0;
-    };
     // SAFETY: OpenSSL calls this on one of our live BIOs with a writable `out` of `len` bytes
     // and a valid `read`.
     unsafe {
-        (method.clear_flags)(
-            bio,
-            openssl::BIO_FLAGS_RWS | openssl::BIO_FLAGS_SHOULD_RETRY,
-        );
+        let Some(method) = begin_io(bio) else {
+            return 0;
+        };
         *read = 0;
         let outcome = with_queue(method, bio, |queue| {
             let n = if len == 0 {
@@ -222,16 +235,12 @@ unsafe extern "C" fn bio_write_ex(
     len: usize,
     written: *mut usize,
 ) -> c_int {
-    let Some(Some(method)) = METHOD.get() else {
-        return 0;
-    };
     // SAFETY: OpenSSL calls this on one of our live BIOs with `len` readable bytes at `data`
     // and a valid `written`.
     unsafe {
-        (method.clear_flags)(
-            bio,
-            openssl::BIO_FLAGS_RWS | openssl::BIO_FLAGS_SHOULD_RETRY,
-        );
+        let Some(method) = begin_io(bio) else {
+            return 0;
+        };
         *written = 0;
         if len > 0 {
             let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
