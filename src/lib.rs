@@ -46,6 +46,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tls::tls_write, m)?)?;
     m.add_function(wrap_pyfunction!(tls::tls_flush, m)?)?;
     m.add_function(wrap_pyfunction!(tls::tls_install_bios, m)?)?;
+    m.add_function(wrap_pyfunction!(tls::live_tls_bios, m)?)?;
     m.add_class::<tls::TlsBio>()?;
     m.add_function(wrap_pyfunction!(handles::live_handles, m)?)?;
     m.add_function(wrap_pyfunction!(event_loop::loops_created, m)?)?;

@@ -25,6 +25,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 
 import pytest
@@ -959,6 +960,77 @@ def test_tls_shutdown_timeout_when_peer_never_answers(loop, certs, side):
                 await closed_server(server)
 
     run_coro(loop, main())
+
+
+# --------------------------------------------------------------------------- leaks
+
+
+def test_tls_connections_do_not_leak(loop, loop_kind, certs):
+    """300 TLS connections with an echo each, ended by the client's close, its abort or the
+    server's close: afterwards no fd, no protocol and (ferroloop) no TLS BIO is left — each BIO
+    is freed once neither OpenSSL nor its Python object holds it."""
+    server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
+    if loop_kind == "ferroloop":
+        from ferroloop import _ferroloop
+
+        live_bios = _ferroloop.live_tls_bios
+    else:
+
+        def live_bios():
+            return 0
+
+    protocols = weakref.WeakSet()
+
+    async def main():
+        made = []
+        server, addr = await _echo_server(loop, server_ctx, made)
+
+        async def one(i):
+            transport, proto = await loop.create_connection(
+                Collector, *addr, ssl=client_ctx, server_hostname="localhost"
+            )
+            protocols.add(proto)
+            if loop_kind == "ferroloop":
+                assert live_bios() >= bios + 4  # this connection's two ends, two BIOs each
+            size = 1 + i * 97 % 20000
+            transport.write(_payload(size, seed=i))
+            await proto.received(size)
+            how = i % 3
+            if how == 0:
+                transport.close()
+            elif how == 1:
+                transport.abort()
+            else:
+                server_side = next(
+                    p
+                    for p in made
+                    if p.transport.get_extra_info("peername")
+                    == transport.get_extra_info("sockname")
+                )
+                server_side.transport.close()
+            await proto.lost
+
+        for start in range(0, 300, 50):
+            await asyncio.gather(*(one(i) for i in range(start, start + 50)))
+        for p in made:
+            protocols.add(p)
+        made.clear()
+        await closed_server(server)
+
+    gc_collect()
+    fds, bios = _fd_count(), live_bios()
+    run_coro(loop, main(), timeout=30)
+    gc_collect()
+    assert len(protocols) == 0, list(protocols)[:3]
+    assert _fd_count() == fds
+    assert live_bios() == bios
+
+
+def gc_collect() -> None:
+    import gc
+
+    for _ in range(3):
+        gc.collect()
 
 
 # --------------------------------------------------------------------------- faults mid-connection

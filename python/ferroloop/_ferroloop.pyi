@@ -13,6 +13,7 @@ __all__ = [
     "SocketTransportCore",
     "TimerHandle",
     "live_handles",
+    "live_tls_bios",
     "read_pipe",
     "loops_created",
     "TlsBio",
@@ -24,6 +25,9 @@ __all__ = [
 
 def live_handles() -> int:
     """Number of Handle/TimerHandle objects alive in this process."""
+
+def live_tls_bios() -> int:
+    """Number of ferroloop TLS BIOs alive in this process (two per direct-channel connection)."""
 
 def read_pipe(fd: int, n: int) -> bytes:
     """os.read(fd, n) through the shared receive buffer."""

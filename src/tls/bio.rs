@@ -31,7 +31,18 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 use std::ffi::{c_char, c_int, c_long, c_void};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+
+/// Queues alive (made by `TlsBio::new`, not yet freed by `bio_destroy`), for leak tests.
+static LIVE_QUEUES: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of ferroloop TLS BIOs alive in this process (two per connection on the direct
+/// channel), for leak tests: each is freed once neither its `SSL` nor its Python object holds it.
+#[pyfunction]
+pub fn live_tls_bios() -> usize {
+    LIVE_QUEUES.load(Ordering::Relaxed)
+}
 
 /// Bytes not read yet: `data[start..]`, then the lent chunk.
 #[derive(Default)]
@@ -297,6 +308,7 @@ unsafe extern "C" fn bio_destroy(bio: *mut Bio) -> c_int {
         let queue = (method.get_data)(bio).cast::<GilCell<Queue>>();
         if !queue.is_null() {
             drop(Box::from_raw(queue));
+            LIVE_QUEUES.fetch_sub(1, Ordering::Relaxed);
             (method.set_data)(bio, std::ptr::null_mut());
         }
     }
@@ -342,6 +354,7 @@ impl TlsBio {
                 return None;
             }
             let queue = Box::into_raw(Box::new(GilCell::new(Queue::default())));
+            LIVE_QUEUES.fetch_add(1, Ordering::Relaxed);
             (api.bio_set_data)(bio, queue.cast::<c_void>());
             (api.bio_set_init)(bio, 1);
             Some(Self {

@@ -28,7 +28,7 @@
 mod bio;
 mod openssl;
 
-pub use bio::{tls_install_bios, TlsBio};
+pub use bio::{live_tls_bios, tls_install_bios, TlsBio};
 
 use crate::buffers;
 use crate::transports::socket::SocketTransportCore;
