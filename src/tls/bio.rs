@@ -161,9 +161,9 @@ unsafe fn queue_of<'a>(method: &Method, bio: *mut Bio) -> &'a GilCell<Queue> {
 }
 
 /// Runs `f` on the queue of one of our BIOs from an OpenSSL callback: at once when this thread
-/// holds the GIL (the pump's direct calls), after taking it otherwise (a `_ssl` method, which
-/// releases the GIL around OpenSSL). `None` on a re-entrant access, which cannot happen: `f`
-/// calls neither OpenSSL nor Python.
+/// holds the GIL (the pump's direct calls), after taking it otherwise (a `_ssl` method —
+/// handshake, shutdown, the Python channel — which releases the GIL around OpenSSL). `None`
+/// on a re-entrant access, which cannot happen: `f` calls neither OpenSSL nor Python.
 ///
 /// # Safety
 /// As for [`queue_of`].
@@ -174,14 +174,30 @@ unsafe fn with_queue<R>(
 ) -> Option<R> {
     // SAFETY: per the contract.
     let cell = unsafe { queue_of(method, bio) };
-    // SAFETY: `PyGILState_Check` only reads this thread's state; callable with or without the
-    // GIL.
-    if unsafe { ffi::PyGILState_Check() } == 1 {
+    // SAFETY: both only read the interpreter's and this thread's state, with or without the
+    // GIL. The thread state holding the GIL is this thread's own exactly when this thread holds
+    // it (`PyGILState_Check`'s test, without its shortcut that answers "yes" to every thread
+    // once a subinterpreter exists).
+    let holds_gil = unsafe {
+        let current = ffi::compat::PyThreadState_GetUnchecked();
+        !current.is_null() && current == ffi::PyGILState_GetThisThreadState()
+    };
+    if holds_gil {
         // SAFETY: this thread holds the GIL (checked just above).
         let py = unsafe { Python::assume_attached() };
         cell.with(py, f).ok()
     } else {
-        Python::attach(|py| cell.with(py, f).ok())
+        // CPython's own calls, not `Python::attach`: PyO3 counts this thread as attached
+        // whenever a Rust frame up the stack entered from Python (`_read_ready` calling the
+        // protocol, which calls `_ssl`), and would not take the GIL that `_ssl` released.
+        // SAFETY: this thread does not hold the GIL (checked above) and has a thread state
+        // (`_ssl` released it), which PyGILState_Ensure attaches; Release gives the GIL back.
+        unsafe {
+            let state = ffi::PyGILState_Ensure();
+            let result = cell.with(Python::assume_attached(), f).ok();
+            ffi::PyGILState_Release(state);
+            result
+        }
     }
 }
 
