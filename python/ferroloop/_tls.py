@@ -70,8 +70,9 @@ class SSLProtocol(sslproto.SSLProtocol):
         finally:
             del self.max_size
         # One buffer per loop serves all its connections instead: a transport fills what
-        # `get_buffer` returns and calls `buffer_updated` right away, which copies it into the
-        # connection's incoming BIO; a loop runs one callback at a time.
+        # `get_buffer` returns and calls `buffer_updated` right away, which hands the chunk to
+        # OpenSSL (or copies it into the connection's incoming BIO) before it returns; a loop
+        # runs one callback at a time.
         self._ssl_buffer = _receive_buffer(loop)
         self._ssl_buffer_view = memoryview(self._ssl_buffer)
         # Before the handshake, while both BIOs are empty (it starts in connection_made).
