@@ -19,6 +19,8 @@
 //!   thread holds the GIL and the buffer export; whatever OpenSSL did not consume is copied into
 //!   the queue before `lend` returns, so no pointer to it outlives the call;
 //! - reads serve the queue before the lent chunk: bytes leave in the order they came;
+//! - an empty queue holds no buffer: its vector goes to the process's one spare, which the next
+//!   queue to get bytes takes (a `MemoryBIO` keeps its largest size for the connection's life);
 //! - an empty BIO asks OpenSSL to retry, unless `write_eof` was called: then it reports EOF
 //!   (`BIO_eof`), exactly as a `MemoryBIO` after `write_eof()`.
 
@@ -63,23 +65,26 @@ impl Queue {
         self.data.len() - self.start + self.lent.map_or(0, |(_, len)| len)
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    fn push(&mut self, py: Python<'_>, bytes: &[u8]) {
         if self.start == self.data.len() {
             self.data.clear();
             self.start = 0;
+        }
+        if self.data.capacity() == 0 {
+            self.data = take_spare(py);
         }
         self.data.extend_from_slice(bytes);
     }
 
     /// Moves up to `out.len()` bytes into `out`; returns how many.
-    fn read_into(&mut self, out: &mut [u8]) -> usize {
+    fn read_into(&mut self, py: Python<'_>, out: &mut [u8]) -> usize {
         let queued = &self.data[self.start..];
         let n = queued.len().min(out.len());
         out[..n].copy_from_slice(&queued[..n]);
         self.start += n;
         if self.start == self.data.len() {
-            self.data.clear();
             self.start = 0;
+            keep_spare(py, std::mem::take(&mut self.data));
         }
         let mut total = n;
         if let Some((ptr, len)) = self.lent {
@@ -96,6 +101,32 @@ impl Queue {
         }
         total
     }
+}
+
+/// One spare vector for every queue of the process: a queue's vector goes to it as soon as the
+/// queue is empty, and the next queue to get bytes takes it. So an idle connection holds no
+/// buffer (a `MemoryBIO` keeps the largest size it ever held for the connection's life), and a
+/// busy one reuses the same allocation from message to message.
+static SPARE: GilCell<Vec<u8>> = GilCell::new(Vec::new());
+
+/// The largest vector worth keeping as the spare.
+const KEEP: usize = 256 * 1024;
+
+fn take_spare(py: Python<'_>) -> Vec<u8> {
+    SPARE.with(py, std::mem::take).unwrap_or_default()
+}
+
+/// Keeps `data` (emptied) as the spare if it is larger than the one kept; drops it otherwise.
+fn keep_spare(py: Python<'_>, mut data: Vec<u8>) {
+    if data.capacity() == 0 || data.capacity() > KEEP {
+        return;
+    }
+    data.clear();
+    let _ = SPARE.with(py, |spare| {
+        if spare.capacity() < data.capacity() {
+            *spare = data;
+        }
+    });
 }
 
 /// The BIO method, built once, and the functions its callbacks need.
@@ -170,7 +201,7 @@ unsafe fn queue_of<'a>(method: &Method, bio: *mut Bio) -> &'a GilCell<Queue> {
 unsafe fn with_queue<R>(
     method: &Method,
     bio: *mut Bio,
-    f: impl FnOnce(&mut Queue) -> R,
+    f: impl FnOnce(&mut Queue, Python<'_>) -> R,
 ) -> Option<R> {
     // SAFETY: per the contract.
     let cell = unsafe { queue_of(method, bio) };
@@ -185,7 +216,7 @@ unsafe fn with_queue<R>(
     if holds_gil {
         // SAFETY: this thread holds the GIL (checked just above).
         let py = unsafe { Python::assume_attached() };
-        cell.with(py, f).ok()
+        cell.with(py, |queue| f(queue, py)).ok()
     } else {
         // CPython's own calls, not `Python::attach`: PyO3 counts this thread as attached
         // whenever a Rust frame up the stack entered from Python (`_read_ready` calling the
@@ -194,7 +225,8 @@ unsafe fn with_queue<R>(
         // (`_ssl` released it), which PyGILState_Ensure attaches; Release gives the GIL back.
         unsafe {
             let state = ffi::PyGILState_Ensure();
-            let result = cell.with(Python::assume_attached(), f).ok();
+            let py = Python::assume_attached();
+            let result = cell.with(py, |queue| f(queue, py)).ok();
             ffi::PyGILState_Release(state);
             result
         }
@@ -231,11 +263,11 @@ unsafe extern "C" fn bio_read_ex(
             return 0;
         };
         *read = 0;
-        let outcome = with_queue(method, bio, |queue| {
+        let outcome = with_queue(method, bio, |queue, py| {
             let n = if len == 0 {
                 0
             } else {
-                queue.read_into(std::slice::from_raw_parts_mut(out.cast::<u8>(), len))
+                queue.read_into(py, std::slice::from_raw_parts_mut(out.cast::<u8>(), len))
             };
             (n, queue.eof)
         });
@@ -271,7 +303,7 @@ unsafe extern "C" fn bio_write_ex(
         *written = 0;
         if len > 0 {
             let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
-            if with_queue(method, bio, |queue| queue.push(bytes)).is_none() {
+            if with_queue(method, bio, |queue, py| queue.push(py, bytes)).is_none() {
                 return 0;
             }
         }
@@ -292,14 +324,14 @@ unsafe extern "C" fn bio_ctrl(
     match cmd {
         // SAFETY: OpenSSL calls this on one of our live BIOs.
         openssl::BIO_CTRL_EOF => unsafe {
-            with_queue(method, bio, |queue| {
+            with_queue(method, bio, |queue, _| {
                 c_long::from(queue.eof && queue.len() == 0)
             })
             .unwrap_or(0)
         },
         // SAFETY: as above.
         openssl::BIO_CTRL_PENDING => unsafe {
-            with_queue(method, bio, |queue| {
+            with_queue(method, bio, |queue, _| {
                 c_long::try_from(queue.len()).unwrap_or(c_long::MAX)
             })
             .unwrap_or(0)
@@ -405,7 +437,9 @@ impl TlsBio {
                         // SAFETY: the unconsumed rest of the chunk, still lent (the caller's
                         // borrow of `chunk` outlives this guard).
                         let rest = unsafe { std::slice::from_raw_parts(ptr, len) };
-                        queue.push(rest);
+                        if !rest.is_empty() {
+                            queue.push(self.1, rest);
+                        }
                     }
                 });
             }
@@ -426,17 +460,9 @@ impl TlsBio {
         })
     }
 
-    /// Returns a vector from [`TlsBio::take_output`] for reuse, unless bytes were queued since
-    /// or it grew past what is worth keeping.
-    pub fn give_back(&self, py: Python<'_>, mut data: Vec<u8>) -> PyResult<()> {
-        const KEEP: usize = 256 * 1024;
-        self.queue().with(py, |queue| {
-            if queue.data.is_empty() && data.capacity() <= KEEP {
-                data.clear();
-                queue.data = data;
-                queue.start = 0;
-            }
-        })
+    /// Returns a vector from [`TlsBio::take_output`] for reuse (as the spare).
+    pub fn give_back(&self, py: Python<'_>, data: Vec<u8>) {
+        keep_spare(py, data);
     }
 }
 
@@ -460,7 +486,7 @@ impl TlsBio {
         let available = self.pending_len(py)?;
         let n = usize::try_from(size).map_or(available, |size| size.min(available));
         PyBytes::new_with(py, n, |out| {
-            self.queue().with(py, |queue| queue.read_into(out))?;
+            self.queue().with(py, |queue| queue.read_into(py, out))?;
             Ok(())
         })
     }
@@ -484,7 +510,7 @@ impl TlsBio {
                     c_int::MAX
                 )));
             }
-            self.queue().with(py, |queue| queue.push(bytes))?;
+            self.queue().with(py, |queue| queue.push(py, bytes))?;
             Ok(bytes.len())
         })?
     }

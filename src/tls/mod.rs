@@ -375,7 +375,7 @@ pub fn tls_flush(outgoing: &Bound<'_, PyAny>, transport: &Bound<'_, PyAny>) -> P
             .call_method1(intern!(py, "write"), (PyBytes::new(py, &data),))
             .map(drop)
     };
-    bio.give_back(py, data)?;
+    bio.give_back(py, data);
     result
 }
 
