@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import hashlib
 import io
 import os
@@ -1017,20 +1018,13 @@ def test_tls_connections_do_not_leak(loop, loop_kind, certs):
         made.clear()
         await closed_server(server)
 
-    gc_collect()
+    gc.collect()
     fds, bios = _fd_count(), live_bios()
     run_coro(loop, main(), timeout=30)
-    gc_collect()
+    gc.collect()
     assert len(protocols) == 0, list(protocols)[:3]
     assert _fd_count() == fds
     assert live_bios() == bios
-
-
-def gc_collect() -> None:
-    import gc
-
-    for _ in range(3):
-        gc.collect()
 
 
 # --------------------------------------------------------------------------- faults mid-connection

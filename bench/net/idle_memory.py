@@ -42,16 +42,6 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _cert() -> str:
-    import test
-
-    base = os.path.dirname(test.__file__)
-    for rel in ("certdata/keycert.pem", "keycert.pem"):
-        if os.path.exists(os.path.join(base, rel)):
-            return os.path.join(base, rel)
-    raise SystemExit("CPython's test certificate (test/certdata/keycert.pem) is missing")
-
-
 def _connect(port: int, tls_size: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
     if tls_size < 0:
@@ -111,7 +101,9 @@ def serve(loop_name: str, n: int, tls_size: int = -1) -> None:
         ctx = None
         if tls_size >= 0:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(_cert())
+            from tls import find_cert  # bench/net/tls.py: CPython's test certificate
+
+            ctx.load_cert_chain(find_cert())
         protocol = Echo if ctx is None else TlsEcho
         server = await loop.create_server(protocol, "127.0.0.1", 0, backlog=4096, ssl=ctx)
         port = server.sockets[0].getsockname()[1]
