@@ -733,7 +733,7 @@ def test_tls_server_handshake_timeout(loop, exc_handler, certs):
 # --------------------------------------------------------------------------- 5. start_tls
 
 
-def test_start_tls_upgrade_both_sides(loop, certs):
+def test_start_tls_upgrade_both_sides(loop, loop_kind, certs):
     server_ctx, client_ctx = certs.server_ctx(), certs.client_ctx()
     big_up, big_down = _payload(300 * KiB, seed=51), _payload(200 * KiB, seed=52)
 
@@ -783,11 +783,7 @@ def test_start_tls_upgrade_both_sides(loop, certs):
             assert _subject(client_tr.get_extra_info("peercert"))["commonName"] == "localhost"
             assert server_tr.get_extra_info("ssl_object").server_side is True
             # The loop's own SSLProtocol (ferroloop's native data pump; asyncio's own class).
-            expected = (
-                "asyncio.sslproto"
-                if type(loop).__module__.startswith("asyncio")
-                else ("ferroloop._tls")
-            )
+            expected = {"asyncio": "asyncio.sslproto", "ferroloop": "ferroloop._tls"}[loop_kind]
             for tr in (client_tr, server_tr):
                 assert type(tr._ssl_protocol).__module__ == expected
 
