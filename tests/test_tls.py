@@ -635,6 +635,52 @@ def test_tls_write_flow_control(loop, certs):
     run_coro(loop, main())
 
 
+def test_tls_reading_paused_and_resumed_midstream(loop, certs):
+    """A protocol that pauses reading after a chunk and resumes a moment later still gets every
+    byte once and in order: what arrives while it is paused waits in the incoming BIO (up to the
+    high-water mark, then the socket is paused too) and is read on resume, before anything
+    received later."""
+    payload = _payload(8 * MiB, seed=31)
+
+    async def main():
+        made = []
+
+        class Stuttering(Collector):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                made.append(self)
+                self.pauses = 0
+
+            def data_received(self, data):
+                super().data_received(data)
+                if self.pauses < 60:
+                    self.pauses += 1
+                    self.transport.pause_reading()
+                    loop.call_later(0.003, self.transport.resume_reading)
+
+        server = await loop.create_server(Stuttering, "127.0.0.1", 0, ssl=certs.server_ctx())
+        try:
+            transport, _ = await loop.create_connection(
+                asyncio.Protocol,
+                *server.sockets[0].getsockname()[:2],
+                ssl=certs.client_ctx(),
+                server_hostname="localhost",
+            )
+            await until(lambda: made, "the server's connection")
+            (proto,) = made
+            for i in range(0, len(payload), 256 * KiB):
+                transport.write(payload[i : i + 256 * KiB])
+            got = await proto.received(len(payload))
+            assert _sha(got) == _sha(payload)
+            assert proto.pauses >= 10  # many chunks arrived while paused or just resumed
+            transport.close()
+            await proto.lost
+        finally:
+            await closed_server(server)
+
+    run_coro(loop, main())
+
+
 # --------------------------------------------------------------------------- 3. verification
 
 
