@@ -646,10 +646,7 @@ def test_tls_reading_paused_and_resumed_midstream(loop, certs):
         made = []
 
         class Stuttering(Collector):
-            def connection_made(self, transport):
-                super().connection_made(transport)
-                made.append(self)
-                self.pauses = 0
+            pauses = 0
 
             def data_received(self, data):
                 super().data_received(data)
@@ -658,7 +655,9 @@ def test_tls_reading_paused_and_resumed_midstream(loop, certs):
                     self.transport.pause_reading()
                     loop.call_later(0.003, self.transport.resume_reading)
 
-        server = await loop.create_server(Stuttering, "127.0.0.1", 0, ssl=certs.server_ctx())
+        server = await loop.create_server(
+            _kept(made, Stuttering), "127.0.0.1", 0, ssl=certs.server_ctx()
+        )
         try:
             transport, _ = await loop.create_connection(
                 asyncio.Protocol,
@@ -1105,11 +1104,11 @@ def test_tls_corrupted_record_ends_the_connection(loop, certs):
     run_coro(loop, main())
 
 
-def _kept(made: list):
-    """A factory of `Collector`s that appends each one it makes to `made`."""
+def _kept(made: list, cls: type = Collector):
+    """A factory of `cls` protocols (`Collector`s) that appends each one it makes to `made`."""
 
     def factory():
-        proto = Collector()
+        proto = cls()
         made.append(proto)
         return proto
 
