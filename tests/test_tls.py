@@ -643,7 +643,6 @@ def test_tls_reading_paused_and_resumed_midstream(loop, certs):
     payload = _payload(8 * MiB, seed=31)
 
     async def main():
-        made = []
 
         class Stuttering(Collector):
             pauses = 0
@@ -655,18 +654,10 @@ def test_tls_reading_paused_and_resumed_midstream(loop, certs):
                     self.transport.pause_reading()
                     loop.call_later(0.003, self.transport.resume_reading)
 
-        server = await loop.create_server(
-            _kept(made, Stuttering), "127.0.0.1", 0, ssl=certs.server_ctx()
+        server, transport, proto = await _server_and_client(
+            loop, certs, certs.server_ctx(), Stuttering
         )
         try:
-            transport, _ = await loop.create_connection(
-                asyncio.Protocol,
-                *server.sockets[0].getsockname()[:2],
-                ssl=certs.client_ctx(),
-                server_hostname="localhost",
-            )
-            await until(lambda: made, "the server's connection")
-            (proto,) = made
             for i in range(0, len(payload), 256 * KiB):
                 transport.write(payload[i : i + 256 * KiB])
             got = await proto.received(len(payload))
@@ -1104,6 +1095,22 @@ def test_tls_corrupted_record_ends_the_connection(loop, certs):
     run_coro(loop, main())
 
 
+async def _server_and_client(loop, certs, server_ctx, cls: type = Collector):
+    """A TLS server of `cls` protocols and one client connection to it (a plain Protocol);
+    returns the server, the client's transport and the server side's protocol."""
+    made: list = []
+    server = await loop.create_server(_kept(made, cls), "127.0.0.1", 0, ssl=server_ctx)
+    transport, _ = await loop.create_connection(
+        asyncio.Protocol,
+        *server.sockets[0].getsockname()[:2],
+        ssl=certs.client_ctx(),
+        server_hostname="localhost",
+    )
+    await until(lambda: made, "the server's connection")
+    (proto,) = made
+    return server, transport, proto
+
+
 def _kept(made: list, cls: type = Collector):
     """A factory of `cls` protocols (`Collector`s) that appends each one it makes to `made`."""
 
@@ -1135,19 +1142,10 @@ def test_tls_msg_callback_error_is_raised_from_the_read(loop, exc_handler, certs
             raise Boom("from the message callback")
 
     async def main():
-        made = []
         server_ctx = certs.server_ctx()
         server_ctx._msg_callback = callback
-        server = await loop.create_server(_kept(made), "127.0.0.1", 0, ssl=server_ctx)
+        server, transport, proto = await _server_and_client(loop, certs, server_ctx)
         try:
-            transport, _ = await loop.create_connection(
-                asyncio.Protocol,
-                *server.sockets[0].getsockname()[:2],
-                ssl=certs.client_ctx(),
-                server_hostname="localhost",
-            )
-            await until(lambda: made, "the server's connection")
-            (proto,) = made
             transport.write(b"before")
             assert await proto.received(6) == b"before"
             armed.append(True)
