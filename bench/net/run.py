@@ -3,15 +3,17 @@ and a UDP echo server (DatagramProtocol) on ferroloop, asyncio, uvloop and rloop
 pure-Rust echo server as the ceiling.
 
 Every measurement starts a fresh server process pinned to one core (servers.py, or the
-rust-echo binary) and a separate load generator process pinned to another core (load.py:
-N connections doing request/response round trips); it reports round trips per second and
-per server CPU-second. Loops are interleaved within each repetition; figures are medians,
+rust-echo binary) and a separate load generator process pinned to another core (N
+connections doing request/response round trips: rust-load for the stream rows, built with
+rust-echo, so that the Python servers, not the client, are the bottleneck; load.py for the
+datagram rows and with `--load python`); it reports round trips per second and per server
+CPU-second. Loops are interleaved within each repetition; figures are medians,
 ferroloop's ratios medians of per-repetition ratios (`paired_ratio`).
 
     python3 bench/net/run.py [--quick] [--loops ferroloop,asyncio,uvloop,rloop,rust]
         [--styles sock,streams,protocol,http,udp] [--sizes 1k,10k,100k]
         [--transports tcp,unix,udp,unixdgram] [--duration S] [--warmup S] [--connections N]
-        [--repeat R]
+        [--repeat R] [--load rust|python]
 
 The udp style runs on the datagram transports (udp, unixdgram), the other styles on the
 stream ones (tcp, unix). Default sizes: 1k,10k,100k for the stream styles, 64,1k for udp;
@@ -37,6 +39,7 @@ SERVERS = os.path.join(HERE, "servers.py")
 LOAD = os.path.join(HERE, "load.py")
 CRATE = os.path.join(HERE, "rust-echo")
 RUST_BIN = os.path.join(CRATE, "target", "release", "rust-echo")
+RUST_LOAD = os.path.join(CRATE, "target", "release", "rust-load")
 
 PY_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop"]
 ALL_SERVERS = PY_LOOPS + ["rust"]
@@ -170,7 +173,10 @@ def measure(server, style, transport, size, opts, tmpdir):
         return start_server(server, style, transport, addr, opts.server_core, errfile)
 
     def load_args(proc, target):
-        cmd = [sys.executable, LOAD, transport, target, mode, str(opts.connections)]
+        if transport in STREAM_TRANSPORTS and opts.load == "rust":
+            cmd = [RUST_LOAD, transport, target, mode, str(opts.connections)]
+        else:
+            cmd = [sys.executable, LOAD, transport, target, mode, str(opts.connections)]
         return cmd + [str(opts.warmup), str(opts.duration), str(proc.pid), str(opts.load_core)]
 
     result = run_against(start, load_args, opts.warmup + opts.duration + 30)
@@ -440,6 +446,13 @@ def main():
     ap.add_argument("--repeat", type=int, help="repetitions, median reported (default 3)")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--load-core", type=int, default=1)
+    ap.add_argument(
+        "--load",
+        choices=["rust", "python"],
+        default="rust",
+        help="load generator of the stream rows: rust-load (default; falls back to python"
+        " when it cannot be built) or load.py (the datagram rows always use load.py)",
+    )
     opts = ap.parse_args()
     opts.loops = csv(opts.loops, ALL_SERVERS, "loop")
     opts.styles = csv(opts.styles, STYLES, "style")
@@ -456,6 +469,11 @@ def main():
     os.sched_setaffinity(0, {opts.load_core})  # the driver mostly sleeps; keep it off core 0
 
     t_start = time.monotonic()
+    if opts.load == "rust":
+        err = build_rust()
+        if err:
+            print(f"rust-load not available ({err}): load.py runs every row", file=sys.stderr)
+            opts.load = "python"
     versions, servers = {}, []
     for server in opts.loops:
         info, err = probe(server)
