@@ -18,11 +18,10 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 
+use rust_echo::{send_some, RESPONSE};
+
 const READ_SIZE: usize = 256 * 1024;
 const MAX_EVENTS: usize = 256;
-/// Must stay byte-identical to `RESPONSE` in bench/net/servers.py.
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
 
 #[derive(Default)]
 struct Conn {
@@ -38,27 +37,10 @@ fn fail(what: &str) -> ! {
     std::process::exit(1)
 }
 
+/// Registers or changes `fd` (its own token); the server cannot go on without it.
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32) {
-    let mut ev = libc::epoll_event {
-        events,
-        u64: fd as u64,
-    };
-    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
+    if rust_echo::epoll_ctl(ep, op, fd, events, fd as u64).is_err() {
         fail("epoll_ctl");
-    }
-}
-
-/// Send as much of `data` as the socket takes; `Err` means the connection is gone.
-fn send_some(fd: RawFd, data: &[u8]) -> Result<usize, ()> {
-    // SAFETY: `data` is a valid readable buffer of `data.len()` bytes.
-    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-    if n >= 0 {
-        return Ok(n as usize);
-    }
-    match io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
-        _ => Err(()),
     }
 }
 
@@ -145,7 +127,7 @@ impl Server {
             return;
         }
         match send_some(fd, data) {
-            Err(()) => self.close(fd),
+            Err(_) => self.close(fd),
             Ok(sent) if sent < data.len() => {
                 conn.out = data[sent..].to_vec();
                 conn.out_pos = 0;
@@ -160,7 +142,7 @@ impl Server {
             .as_mut()
             .expect("event for an unknown fd");
         match send_some(fd, &conn.out[conn.out_pos..]) {
-            Err(()) => self.close(fd),
+            Err(_) => self.close(fd),
             Ok(sent) => {
                 conn.out_pos += sent;
                 if conn.out_pos == conn.out.len() {

@@ -24,10 +24,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use rust_echo::RESPONSE;
+
 const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: ferroloop-bench\r\n\r\n";
-/// Must stay byte-identical to `RESPONSE` in bench/net/servers.py (and rust-echo's).
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n\r\nHello, world!";
 /// No response at all for this long: the server hangs.
 const STALL: Duration = Duration::from_secs(3);
 const MAX_EVENTS: usize = 64;
@@ -64,38 +63,25 @@ fn os_err(what: &str) -> Failure {
 }
 
 fn epoll_ctl(ep: RawFd, op: i32, fd: RawFd, events: u32, token: usize) -> Result<(), Failure> {
-    let mut ev = libc::epoll_event {
-        events,
-        u64: token as u64,
-    };
-    // SAFETY: `ev` is a valid epoll_event for the duration of the call.
-    if unsafe { libc::epoll_ctl(ep, op, fd, &mut ev) } < 0 {
-        return Err(os_err("epoll_ctl"));
-    }
-    Ok(())
+    rust_echo::epoll_ctl(ep, op, fd, events, token as u64)
+        .map_err(|e| format!("OSError: epoll_ctl: {e}"))
 }
 
-/// `Ok(Some(n))` bytes moved, `Ok(None)` would block, `Err` the connection failed.
-fn io_result(n: isize, what: &str) -> Result<Option<usize>, Failure> {
+fn send(fd: RawFd, data: &[u8]) -> Result<usize, Failure> {
+    rust_echo::send_some(fd, data).map_err(|e| format!("OSError: send: {e}"))
+}
+
+/// `Ok(Some(n))` bytes received, `Ok(None)` would block, `Err` the connection failed.
+fn recv(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Failure> {
+    // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n >= 0 {
         return Ok(Some(n as usize));
     }
     match io::Error::last_os_error().raw_os_error() {
         Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
-        _ => Err(os_err(what)),
+        _ => Err(os_err("recv")),
     }
-}
-
-fn send(fd: RawFd, data: &[u8]) -> Result<Option<usize>, Failure> {
-    // SAFETY: `data` is a valid readable buffer of `data.len()` bytes.
-    let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
-    io_result(n, "send")
-}
-
-fn recv(fd: RawFd, buf: &mut [u8]) -> Result<Option<usize>, Failure> {
-    // SAFETY: `buf` is a valid writable buffer of `buf.len()` bytes.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    io_result(n, "recv")
 }
 
 /// CPU seconds (user + system, all threads) of process `pid` so far.
@@ -179,7 +165,7 @@ impl Load {
         c.k = (c.k + 1) % nmsg;
         c.got = 0;
         let msg = &self.requests[c.k];
-        let n = send(c.stream.fd(), msg)?.unwrap_or(0);
+        let n = send(c.stream.fd(), msg)?;
         if n < msg.len() {
             c.out = Some(n);
             epoll_ctl(
@@ -197,7 +183,7 @@ impl Load {
         let c = &mut self.conns[i];
         let Some(pos) = c.out else { return Ok(()) };
         let msg = &self.requests[c.k];
-        let pos = pos + send(c.stream.fd(), &msg[pos..])?.unwrap_or(0);
+        let pos = pos + send(c.stream.fd(), &msg[pos..])?;
         if pos < msg.len() {
             c.out = Some(pos);
         } else {
